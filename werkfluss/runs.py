@@ -1,0 +1,186 @@
+"""The read side of runs: :class:`RunHandle`, :class:`RunInfo`, :class:`StepRecord`.
+
+    handle = await engine.start(onboard, "user-123")
+    await handle.status()              # "pending", "running", ..., "completed"
+    value = await handle.result(timeout=30)
+    for record in await handle.steps():
+        print(record.seq, record.name, record.status, record.output)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from werkfluss import serializer
+from werkfluss.connector import Row
+from werkfluss.errors import RunCancelled, RunFailed, RunNotFound, WerkflussError
+
+if TYPE_CHECKING:
+    from werkfluss.engine import Engine
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+
+
+def _load(text: str | None) -> Any:
+    """Decode stored JSON; a value whose class is not importable here stays plain JSON."""
+    if text is None:
+        return None
+    try:
+        return serializer.loads(text)
+    except WerkflussError:
+        return json.loads(text)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run as stored: what ``engine.runs()`` lists and ``handle.info()`` returns."""
+
+    run_id: str
+    workflow: str
+    status: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    result: Any
+    error: dict[str, Any] | None
+    parent_id: str | None
+    wake_at: dt.datetime | None
+    waiting_on: str | None
+    deadline: dt.datetime | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    updated_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: Row) -> RunInfo:
+        return cls(
+            run_id=row["run_id"],
+            workflow=row["workflow"],
+            status=row["status"],
+            args=_load(row["args"]),
+            kwargs=_load(row["kwargs"]),
+            result=_load(row["result"]),
+            error=json.loads(row["error"]) if row["error"] else None,
+            parent_id=row["parent_id"],
+            wake_at=row["wake_at"],
+            waiting_on=row["waiting_on"],
+            deadline=row["deadline"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            updated_at=row["updated_at"],
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One record of a run's log: one per step call, in seq order."""
+
+    seq: int
+    name: str
+    status: str  # "completed" | "failed"
+    input: Any  # {"args": [...], "kwargs": {...}}
+    output: Any
+    error: dict[str, Any] | None
+    attempts: int
+    started_at: dt.datetime | None
+    finished_at: dt.datetime
+    kind: str = "step"
+
+    @classmethod
+    def from_row(cls, row: Row) -> StepRecord:
+        return cls(
+            seq=row["seq"],
+            name=row["name"],
+            status=row["status"],
+            input=_load(row["input"]),
+            output=_load(row["output"]),
+            error=json.loads(row["error"]) if row["error"] else None,
+            attempts=row["attempts"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            kind=row["kind"],
+        )
+
+
+class RunHandle:
+    """A reference to one run; cheap to create (``engine.handle(run_id)``)."""
+
+    def __init__(self, engine: Engine, run_id: str) -> None:
+        self._engine = engine
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.run_id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunHandle) and other.run_id == self.run_id
+
+    def __hash__(self) -> int:
+        return hash(self.run_id)
+
+    async def info(self) -> RunInfo:
+        """Everything stored about the run (raises :class:`RunNotFound`)."""
+        row = await self._engine.connector.fetch_one("get_run", run_id=self.run_id)
+        if row is None:
+            raise RunNotFound(self.run_id)
+        return RunInfo.from_row(row)
+
+    async def status(self) -> str:
+        """``pending``, ``running``, ``sleeping``, ``waiting``, ``completed``, ``failed`` or ``cancelled``."""
+        return (await self.info()).status
+
+    async def steps(self) -> list[StepRecord]:
+        """The run's log: exactly one record per step call, in seq order."""
+        rows = await self._engine.connector.fetch_all("list_events", run_id=self.run_id)
+        if not rows:
+            await self.info()  # raise RunNotFound for an unknown id
+        return [StepRecord.from_row(row) for row in rows]
+
+    async def cancel(self) -> bool:
+        """Cancel the run; ``False`` if it had already finished."""
+        return await self._engine.cancel(self.run_id)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to finish and return its result.
+
+        Raises :class:`RunFailed` (with the recorded error type, message and
+        traceback), :class:`RunCancelled`, or ``TimeoutError`` after
+        ``timeout`` seconds. Woken by NOTIFY; polls slowly as a fallback.
+        """
+        engine = self._engine
+        deadline = None if timeout is None else time.monotonic() + timeout
+        listener = await engine._listener_ready(required=False)
+        with listener.watch_run(self.run_id) as changed:
+            while True:
+                changed.clear()
+                info = await self.info()
+                if info.status == "completed":
+                    return info.result
+                if info.status == "failed":
+                    raise RunFailed.from_record(self.run_id, info.error)
+                if info.status == "cancelled":
+                    raise RunCancelled(self.run_id)
+                wait = engine.result_poll_interval if listener.connected else 0.5
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(
+                            f"run {self.run_id} did not finish within {timeout:g}s "
+                            f"(status: {info.status})"
+                        )
+                    wait = min(wait, remaining)
+                try:
+                    await asyncio.wait_for(changed.wait(), wait)
+                except TimeoutError:
+                    pass

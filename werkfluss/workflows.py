@@ -1,0 +1,122 @@
+"""``@workflow``: an ``async def`` whose runs are durable, and the registry of them.
+
+    @workflow                      # registered as "myapp.flows.onboard"
+    async def onboard(user_id: str) -> str: ...
+
+    @workflow(name="onboard")      # or under a name of your choice
+    async def onboard_v2(user_id: str) -> str: ...
+
+A worker serves the workflows registered in its process (importing the module
+with ``--app`` registers them). Outside a run, a workflow is the plain
+coroutine function; awaited inside another workflow's run it starts a child run.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from werkfluss import context
+from werkfluss.errors import InvalidArgument, NotAWorkflowError, UnknownWorkflowError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_REGISTRY: dict[str, Workflow] = {}
+
+
+class Workflow:
+    """A function registered with ``@workflow``."""
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+        self.fn = fn
+        self.name = name
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        execution = context.current_execution()
+        if execution is None:
+            return self.fn(*args, **kwargs)
+        return execution.call_child(self, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<werkfluss workflow {self.name}>"
+
+
+@overload
+def workflow(fn: F, /) -> F: ...
+@overload
+def workflow(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def workflow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
+    """Register an ``async def`` as a durable workflow (bare, or ``@workflow(name=...)``)."""
+
+    def decorate(func: Callable[..., Any]) -> Any:
+        if isinstance(func, Workflow):
+            raise InvalidArgument(f"{func.name} is already a workflow")
+        if not inspect.iscoroutinefunction(func):
+            raise InvalidArgument(
+                f"@workflow needs an `async def` function; {getattr(func, '__qualname__', func)!r} "
+                "is not one"
+            )
+        wf_name = name or f"{func.__module__}.{func.__qualname__}"
+        if not wf_name or not wf_name.strip():
+            raise InvalidArgument("a workflow name must not be empty")
+        wf = Workflow(func, wf_name)
+        register(wf)
+        return wf
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate
+
+
+def register(wf: Workflow) -> None:
+    """Add ``wf`` to this process's registry.
+
+    Registering the same function again (a module imported twice) replaces the
+    entry; a *different* function under a name already taken is an error.
+    """
+    existing = _REGISTRY.get(wf.name)
+    if existing is not None and _origin(existing.fn) != _origin(wf.fn):
+        raise InvalidArgument(
+            f"workflow name {wf.name!r} is already used by {_origin(existing.fn)}; "
+            "give one of them another name with @workflow(name=...)"
+        )
+    _REGISTRY[wf.name] = wf
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def registered() -> dict[str, Workflow]:
+    """A copy of the registry: ``{name: Workflow}``."""
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> Workflow:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownWorkflowError(
+            f"no workflow named {name!r} is registered in this process; import the module "
+            "that defines it (worker: --app)"
+        ) from None
+
+
+def name_of(target: Any) -> str:
+    """The registered name for a ``@workflow`` object or a name string."""
+    if isinstance(target, Workflow):
+        return target.name
+    if isinstance(target, str):
+        if not target.strip():
+            raise InvalidArgument("a workflow name must not be empty")
+        return target
+    what = getattr(target, "__qualname__", type(target).__name__)
+    raise NotAWorkflowError(
+        f"{what!r} is not a workflow: decorate it with @workflow, or pass a workflow's "
+        "registered name as a string"
+    )
