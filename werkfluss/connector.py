@@ -303,7 +303,7 @@ class Transaction:
 
     async def execute_script(self, sql: str) -> None:
         """Run a multi-statement script (no parameters), e.g. a migration file."""
-        await self._conn.execute(sql)  # type: ignore[arg-type]  # scripts come from our sql/ folder
+        await self._conn.execute(sql)
 
 
 async def sleep_backoff(attempt: int, *, base: float = 0.2, cap: float = 5.0) -> None:

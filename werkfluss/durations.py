@@ -54,7 +54,8 @@ def parse_duration(value: Duration, *, what: str = "duration", allow_zero: bool 
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
         raise InvalidArgument(f"{what} must be finite, got {value!r}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
-        raise InvalidArgument(f"{what} must be {'positive' if not allow_zero else 'zero or more'}, got {value!r}")
+        expected = "zero or more" if allow_zero else "positive"
+        raise InvalidArgument(f"{what} must be {expected}, got {value!r}")
     return seconds
 
 

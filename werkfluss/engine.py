@@ -55,6 +55,7 @@ class Engine:
         self._connector: Connector | None = None
         self._listener: Listener | None = None
         self._open_lock = asyncio.Lock()
+        self.embedded = False  # True once an embedded PostgreSQL was started for this engine
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -72,6 +73,7 @@ class Engine:
                 return
             if self._dsn is None:
                 self._dsn = await asyncio.to_thread(start_embedded)
+                self.embedded = True
             connector = Connector(self._dsn, max_size=self._pool_size)
             await connector.open()
             self._connector = connector
@@ -92,7 +94,9 @@ class Engine:
     @property
     def connector(self) -> Connector:
         if self._connector is None:
-            raise RuntimeError("the engine is not open: use `async with Engine(...)` or `await engine.open()`")
+            raise RuntimeError(
+                "the engine is not open: use `async with Engine(...)` or `await engine.open()`"
+            )
         return self._connector
 
     async def _listener_ready(self, *, required: bool = True) -> Listener:
@@ -122,7 +126,7 @@ class Engine:
 
     async def start(
         self,
-        workflow: Workflow | str,
+        workflow: Workflow[..., Any] | str,
         /,
         *args: Any,
         run_id: str | None = None,
@@ -165,7 +169,7 @@ class Engine:
         self,
         *,
         status: str | None = None,
-        workflow: Workflow | str | None = None,
+        workflow: Workflow[..., Any] | str | None = None,
         limit: int = 100,
     ) -> list[RunInfo]:
         """The most recent runs, newest first, optionally filtered."""
@@ -193,7 +197,7 @@ class Engine:
         self,
         *,
         concurrency: int = 10,
-        workflows: Iterable[Workflow | str] | None = None,
+        workflows: Iterable[Workflow[..., Any] | str] | None = None,
         lease: Duration = "30s",
         poll_interval: Duration = "5s",
         shutdown_grace: Duration = "10s",

@@ -14,9 +14,8 @@ polls slowly, so a lost notification delays work but never loses it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from werkfluss import telemetry
 from werkfluss.connector import Connector, sleep_backoff

@@ -117,7 +117,7 @@ class RunExecution:
         self,
         *,
         run_id: str,
-        workflow: Workflow,
+        workflow: Workflow[..., Any],
         args: list[Any],
         kwargs: dict[str, Any],
         lease: Lease,
@@ -144,11 +144,13 @@ class RunExecution:
 
     # --- called by workflow code (through Step.__call__) ---------------------------
 
-    def call_step(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+    def call_step(
+        self, step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Awaitable[Any]:
         seq, recorded = self._next_seq("step", step.name)
         return self._step(seq, recorded, step, args, kwargs)
 
-    def call_child(self, workflow: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def call_child(self, workflow: Workflow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         raise WerkflussError(
             f"awaiting workflow {workflow.name} inside a run (a child run) is not supported yet; "
             "call its steps directly"
@@ -171,7 +173,7 @@ class RunExecution:
         self,
         seq: int,
         recorded: dict[str, Any] | None,
-        step: Step,
+        step: Step[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:

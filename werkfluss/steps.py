@@ -21,13 +21,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from werkfluss import context, serializer, telemetry
 from werkfluss.durations import Duration, optional_duration, parse_duration
 from werkfluss.errors import FatalError, InvalidArgument, SerializationError
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,14 @@ class StepOptions:
         return self.retry_delay * (self.backoff ** (retry - 1))
 
 
-class Step:
-    """A function registered with ``@step``. Call it like the function it wraps."""
+class Step(Generic[P, R]):
+    """A function registered with ``@step``. Call it like the function it wraps.
 
-    def __init__(self, fn: Callable[..., Any], name: str, options: StepOptions) -> None:
+    Inside a run the call returns an awaitable (also for a sync function);
+    outside a run it is the plain function call.
+    """
+
+    def __init__(self, fn: Callable[P, R], name: str, options: StepOptions) -> None:
         if isinstance(fn, (staticmethod, classmethod)):
             fn = fn.__func__
         self.fn = fn
@@ -56,7 +61,7 @@ class Step:
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         execution = context.current_execution()
         if execution is None:
             return self.fn(*args, **kwargs)
@@ -67,7 +72,7 @@ class Step:
 
 
 @overload
-def step(fn: F, /) -> F: ...
+def step(fn: Callable[P, R], /) -> Step[P, R]: ...
 @overload
 def step(
     *,
@@ -76,7 +81,7 @@ def step(
     backoff: float = 2.0,
     timeout: Duration | None = None,
     name: str | None = None,
-) -> Callable[[F], F]: ...
+) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
 def step(
@@ -137,7 +142,7 @@ class StepOutcome:
 
 
 async def run_attempts(
-    step_: Step,
+    step_: Step[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     info: context.StepInfo,
@@ -179,7 +184,7 @@ async def run_attempts(
 
 
 async def _call_once(
-    step_: Step,
+    step_: Step[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     info: context.StepInfo,
@@ -217,5 +222,5 @@ async def _call_once(
         context._execution.reset(exec_token)
 
 
-def _timeout_message(step_: Step, timeout: float, attempt: int) -> str:
+def _timeout_message(step_: Step[..., Any], timeout: float, attempt: int) -> str:
     return f"step {step_.name} timed out after {timeout:g}s (attempt {attempt})"

@@ -15,26 +15,27 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from werkfluss import context
 from werkfluss.errors import InvalidArgument, NotAWorkflowError, UnknownWorkflowError
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
-_REGISTRY: dict[str, Workflow] = {}
+_REGISTRY: dict[str, Workflow[..., Any]] = {}
 
 
-class Workflow:
+class Workflow(Generic[P, R]):
     """A function registered with ``@workflow``."""
 
-    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]], name: str) -> None:
         self.fn = fn
         self.name = name
         functools.update_wrapper(self, fn)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         execution = context.current_execution()
         if execution is None:
             return self.fn(*args, **kwargs)
@@ -45,9 +46,11 @@ class Workflow:
 
 
 @overload
-def workflow(fn: F, /) -> F: ...
+def workflow(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Workflow[P, R]: ...
 @overload
-def workflow(*, name: str | None = None) -> Callable[[F], F]: ...
+def workflow(
+    *, name: str | None = None
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Workflow[P, R]]: ...
 
 
 def workflow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
@@ -73,7 +76,7 @@ def workflow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None
     return decorate
 
 
-def register(wf: Workflow) -> None:
+def register(wf: Workflow[..., Any]) -> None:
     """Add ``wf`` to this process's registry.
 
     Registering the same function again (a module imported twice) replaces the
@@ -92,12 +95,12 @@ def _origin(fn: Callable[..., Any]) -> str:
     return f"{fn.__module__}.{fn.__qualname__}"
 
 
-def registered() -> dict[str, Workflow]:
+def registered() -> dict[str, Workflow[..., Any]]:
     """A copy of the registry: ``{name: Workflow}``."""
     return dict(_REGISTRY)
 
 
-def get(name: str) -> Workflow:
+def get(name: str) -> Workflow[..., Any]:
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -73,7 +73,7 @@ class Worker:
         engine: Engine,
         *,
         concurrency: int = 10,
-        workflows: Iterable[Workflow | str] | None = None,
+        workflows: Iterable[Workflow[..., Any] | str] | None = None,
         lease: Duration = "30s",
         poll_interval: Duration = "5s",
         shutdown_grace: Duration = "10s",
@@ -88,7 +88,7 @@ class Worker:
         self.shutdown_grace = parse_duration(shutdown_grace, what="shutdown_grace")
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._requested = list(workflows) if workflows is not None else None
-        self._workflows: dict[str, Workflow] = {}
+        self._workflows: dict[str, Workflow[..., Any]] = {}
         self._held: dict[str, _Held] = {}
         self._to_release: list[Lease] = []
         self._recorder: Recorder | None = None
@@ -150,7 +150,7 @@ class Worker:
             lease_s=self.lease_seconds,
         )
 
-    def _resolve_workflows(self) -> dict[str, Workflow]:
+    def _resolve_workflows(self) -> dict[str, Workflow[..., Any]]:
         if self._requested is None:
             found = workflows.registered()
         else:
@@ -218,7 +218,7 @@ class Worker:
         # A run we hold was cancelled (or finished elsewhere): stop it right away.
         if not self._held:
             return
-        ids = self._held.keys() if payload in (None, "*") else payload.split(",")  # type: ignore[union-attr]
+        ids = self._held.keys() if payload in (None, "*") else payload.split(",")
         suspects = [run_id for run_id in ids if run_id in self._held]
         if suspects:
             asyncio.get_running_loop().create_task(self._check_cancelled(suspects))
@@ -303,7 +303,7 @@ class Worker:
         )
         task = asyncio.create_task(self._drive(execution), name=f"werkfluss-run-{run.run_id}")
         self._held[run.run_id] = _Held(execution, task)
-        log.info("run.claimed", run_id=run.run_id, workflow=run.workflow,
+        log.debug("run.claimed", run_id=run.run_id, workflow=run.workflow,
                  worker_id=self.worker_id, replaying=len(run.log))
 
     def _on_halt(self, execution: RunExecution) -> None:

@@ -1,0 +1,5 @@
+import sys
+
+from werkfluss.cli import main
+
+sys.exit(main())

@@ -1,0 +1,113 @@
+"""``python -m werkfluss demo``: the example werkfluss grew from, then a crash.
+
+1. A run of ``onboard("user-123")`` — fetch the user's data, save it, send an
+   email, return ``"done"`` — executed by a worker in this process; its log
+   is printed.
+2. Resumption: a worker *process* starts ``onboard("user-456")`` and is killed
+   (SIGKILL) right after ``save_data`` is recorded, while ``send_email`` is in
+   flight. Another worker takes the run over when the lease runs out and
+   finishes it: ``fetch_data`` and ``save_data`` return their recorded results
+   and are not executed again; only ``send_email`` runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+
+from werkfluss import Engine, step, workflow
+from werkfluss.runs import RunHandle
+
+STEP_SECONDS = float(os.environ.get("WERKFLUSS_DEMO_STEP_SECONDS", "0.3"))
+DEMO_LEASE = "2s"
+
+
+def _say(message: str) -> None:
+    print(f"    [pid {os.getpid()}] {message}", flush=True)
+
+
+@step
+async def fetch_data(user_id: str) -> dict:
+    _say(f"fetch_data({user_id!r}) executing")
+    await asyncio.sleep(STEP_SECONDS)
+    return {"user_id": user_id, "email": f"{user_id}@example.com", "executed_by": os.getpid()}
+
+
+@step
+async def save_data(data: dict) -> dict:
+    _say(f"save_data({data['user_id']!r}) executing")
+    await asyncio.sleep(STEP_SECONDS)
+    return {"saved": True, "executed_by": os.getpid()}
+
+
+@step(retries=2, retry_delay="200ms")
+async def send_email(data: dict) -> dict:
+    _say(f"send_email({data['email']!r}) executing")
+    await asyncio.sleep(STEP_SECONDS * 3)
+    return {"sent_to": data["email"], "executed_by": os.getpid()}
+
+
+@workflow(name="werkfluss.demo.onboard")
+async def onboard(user_id: str) -> str:
+    data = await fetch_data(user_id)
+    await save_data(data)
+    await send_email(data)
+    return "done"
+
+
+async def print_log(handle: RunHandle) -> None:
+    from werkfluss.cli import format_steps
+
+    print(format_steps(await handle.steps()))
+
+
+async def _wait_for_steps(handle: RunHandle, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(await handle.steps()) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the demo run did not reach {count} steps in {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def run_demo(dsn: str | None = None) -> None:
+    print("werkfluss demo")
+    async with Engine(dsn) as engine:
+        print(f"  database: {'the embedded PostgreSQL' if engine.embedded else engine.connector.description}")
+        await engine.migrate()
+
+        print("\n1. onboard('user-123'), executed by a worker in this process")
+        handle = await engine.start(onboard, "user-123")
+        async with engine.worker(concurrency=4, workflows=[onboard]):
+            result = await handle.result(timeout=60)
+        print(f"  run {handle.run_id}: {await handle.status()}, result {result!r}")
+        await print_log(handle)
+
+        print("\n2. a crash between steps, and resumption on another worker")
+        assert engine.dsn is not None
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "werkfluss.worker", "--app", "werkfluss.demo",
+            "--dsn", engine.dsn, "--lease", DEMO_LEASE, "--log-level", "warning",
+        )
+        try:
+            handle = await engine.start(onboard, "user-456")
+            print(f"  started run {handle.run_id}; worker process {worker.pid} executes it")
+            await _wait_for_steps(handle, 2, timeout=60)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            await worker.wait()
+        print(f"  killed worker process {worker.pid} (SIGKILL) after save_data was recorded;")
+        print(f"  status now: {await handle.status()}. The log so far:")
+        await print_log(handle)
+        print(f"  a new worker (pid {os.getpid()}) takes the run over once the lease "
+              f"({DEMO_LEASE}) runs out:")
+        async with engine.worker(concurrency=4, workflows=[onboard]):
+            result = await handle.result(timeout=60)
+        print(f"  run {handle.run_id}: {await handle.status()}, result {result!r}")
+        await print_log(handle)
+        steps = await handle.steps()
+        first, second = steps[0].output["executed_by"], steps[-1].output["executed_by"]
+        print(f"  fetch_data and save_data ran once, in process {first}; only send_email ran "
+              f"again, in process {second}.")
