@@ -103,13 +103,12 @@ SELECT s.id AS run_id, s.workflow, s.args, s.kwargs, s.deadline, s.parent_id,
 
 -- name: next_due
 -- Seconds (by the server's clock) until the next run of these workflows
--- becomes claimable: a sleep ending, or another worker's lease running out.
--- NULL if none is scheduled.
+-- becomes claimable: a sleep ending, or a lease running out (a dead worker's,
+-- or one this worker gave up). NULL if none is scheduled.
 SELECT extract(epoch FROM min(available_at) - now())::float8 AS seconds
   FROM werkfluss.queue
  WHERE available_at > now()
-   AND workflow = ANY(%(workflows)s::text[])
-   AND worker_id IS DISTINCT FROM %(worker_id)s;
+   AND workflow = ANY(%(workflows)s::text[]);
 
 -- name: append_events
 -- Record step results, fenced by the lease: a record whose run this lease no

@@ -70,12 +70,10 @@ async def claim_runs(
     ]
 
 
-async def seconds_until_due(
-    connector: Connector, *, workflows: Sequence[str], worker_id: str
-) -> float | None:
-    """Seconds until the next run of ``workflows`` not held by this worker becomes
-    claimable (by the database's clock), or ``None`` if none is scheduled."""
-    row = await connector.fetch_one("next_due", workflows=list(workflows), worker_id=worker_id)
+async def seconds_until_due(connector: Connector, *, workflows: Sequence[str]) -> float | None:
+    """Seconds until the next run of ``workflows`` becomes claimable (by the
+    database's clock), or ``None`` if none is scheduled."""
+    row = await connector.fetch_one("next_due", workflows=list(workflows))
     return None if row is None or row["seconds"] is None else float(row["seconds"])
 
 

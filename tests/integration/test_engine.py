@@ -73,7 +73,8 @@ async def test_start_by_name_and_by_object_are_the_same(engine: Engine) -> None:
 async def test_run_id_makes_start_idempotent(engine: Engine) -> None:
     first = await engine.start(boom, run_id="boom:1")
     again = await engine.start(boom, run_id="boom:1")
-    assert first == again and first.run_id == "boom:1"
+    assert first == again
+    assert first.run_id == "boom:1"
     assert len(await engine.runs()) == 1
 
 
@@ -127,7 +128,8 @@ async def test_a_workflow_nobody_serves_waits_visibly_pending(engine: Engine) ->
         assert worker.workflow_names == ["tests.engine.boom"]
     assert await handle.status() == "pending"
     (listed,) = await engine.runs(workflow="tests.engine.nobody_serves_this")
-    assert listed.status == "pending" and listed.args == [1]
+    assert listed.status == "pending"
+    assert listed.args == [1]
 
 
 async def test_runs_lists_newest_first_with_filters(engine: Engine) -> None:
@@ -173,7 +175,9 @@ async def test_an_unreachable_database_names_host_and_database_not_the_password(
     with pytest.raises(DatabaseUnavailable) as caught:
         await engine.open()
     message = str(caught.value)
-    assert "host=127.0.0.1" in message and "port=1" in message and "database=inventory" in message
+    assert "host=127.0.0.1" in message
+    assert "port=1" in message
+    assert "database=inventory" in message
     assert "s3cret-pw" not in message
     assert "WERKFLUSS_DATABASE_URL" in message
 
@@ -194,8 +198,10 @@ async def test_steps_lists_one_record_per_call_with_times(engine: Engine) -> Non
         await handle.result(timeout=10)
     (record,) = await handle.steps()
     assert (record.seq, record.name, record.status, record.attempts) == (1, total.name, "completed", 1)
-    assert record.output == Decimal(2) and record.error is None
-    assert record.started_at is not None and record.started_at <= record.finished_at
+    assert record.output == Decimal(2)
+    assert record.error is None
+    assert record.started_at is not None
+    assert record.started_at <= record.finished_at
 
 
 async def test_engine_is_reusable_across_open_and_close(dsn: str) -> None:

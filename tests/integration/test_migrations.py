@@ -28,7 +28,8 @@ async def test_concurrent_migrations_apply_each_migration_once(fresh_dsn: str) -
     finally:
         await asyncio.gather(*(e.close() for e in engines))
     applied = [names for names in results if names]
-    assert len(applied) == 1 and len(applied[0]) == len(load_migrations())
+    assert len(applied) == 1
+    assert len(applied[0]) == len(load_migrations())
     assert sql_value(fresh_dsn, "SELECT count(*) FROM werkfluss.migrations") == len(load_migrations())
 
 
@@ -37,7 +38,8 @@ def test_migrate_command_is_idempotent(fresh_dsn: str) -> None:
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("applied: 0001_initial")
     second = run_cli("migrate", dsn=fresh_dsn)
-    assert second.returncode == 0 and second.stdout.strip() == "schema is up to date"
+    assert second.returncode == 0
+    assert second.stdout.strip() == "schema is up to date"
 
 
 def test_everything_lives_in_the_werkfluss_schema(test_dsn: str) -> None:

@@ -22,7 +22,8 @@ async def hello(name: str) -> str:
 
 def test_start_run_returns_the_id_and_enqueues(dsn: str) -> None:
     run_id = sql_value(dsn, """SELECT werkfluss.start_run('tests.sql.hello', '["ada"]'::jsonb)""")
-    assert isinstance(run_id, str) and len(run_id) == 36
+    assert isinstance(run_id, str)
+    assert len(run_id) == 36
     assert sql(dsn, "SELECT workflow, status, args::text FROM werkfluss.runs WHERE id = %s", [run_id]) == [
         ("tests.sql.hello", "pending", '["ada"]')
     ]
@@ -117,6 +118,7 @@ async def test_a_run_started_from_sql_with_kwargs_and_timeout(engine: Engine, ds
     )
     info = await engine.handle(run_id).info()
     assert info.kwargs == {"name": "kw"}
-    assert info.deadline is not None and 3590 < (info.deadline - info.created_at).total_seconds() <= 3600
+    assert info.deadline is not None
+    assert 3590 < (info.deadline - info.created_at).total_seconds() <= 3600
     async with engine.worker(workflows=[hello]):
         assert await engine.handle(run_id).result(timeout=10) == "hello kw"

@@ -255,9 +255,7 @@ class Worker:
                     )
                     due = None
                     if len(claimed) < free:
-                        due = await dispatch.seconds_until_due(
-                            connector, workflows=names, worker_id=self.worker_id
-                        )
+                        due = await dispatch.seconds_until_due(connector, workflows=names)
                 except DatabaseError as err:
                     if failures == 0:
                         log.warning("worker.claim_failed", worker_id=self.worker_id, error=str(err))

@@ -1,0 +1,65 @@
+"""Workflows whose steps leave a trace in a table: what ran, where, and when.
+
+Served by worker *processes* in the acceptance tests
+(``python -m werkfluss.worker --app tests.acceptance.apps.effects_app``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psycopg
+
+from werkfluss import step, step_info, workflow
+
+EFFECTS_DDL = """
+CREATE TABLE IF NOT EXISTS test_effects (
+    id          bigserial PRIMARY KEY,
+    run_id      text NOT NULL,
+    seq         integer NOT NULL,
+    tag         text NOT NULL,
+    pid         integer NOT NULL,
+    key         text NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz
+)
+"""
+
+
+def _dsn() -> str:
+    return os.environ["WERKFLUSS_TEST_DSN"]
+
+
+def record_effect(tag: str, seconds: float) -> None:
+    """Insert a row when the body starts, do the 'work', stamp the end."""
+    info = step_info()
+    with psycopg.connect(_dsn(), autocommit=True) as conn:
+        (row_id,) = conn.execute(
+            "INSERT INTO test_effects (run_id, seq, tag, pid, key) VALUES (%s, %s, %s, %s, %s)"
+            " RETURNING id",
+            [info.run_id, info.seq, tag, os.getpid(), info.idempotency_key],
+        ).fetchone()  # type: ignore[misc]
+        time.sleep(seconds)  # the step's work
+        conn.execute("UPDATE test_effects SET finished_at = clock_timestamp() WHERE id = %s", [row_id])
+
+
+@step
+def effect(tag: str, seconds: float) -> str:
+    record_effect(tag, seconds)
+    return tag
+
+
+@workflow(name="tests.effects.ten_steps")
+async def ten_steps(seconds: float) -> list[str]:
+    return [await effect(f"step-{i}", seconds) for i in range(1, 11)]
+
+
+@workflow(name="tests.effects.one_step")
+async def one_step(seconds: float) -> str:
+    return await effect("only", seconds)
+
+
+@workflow(name="tests.effects.two_steps")
+async def two_steps(first_seconds: float) -> list[str]:
+    return [await effect("first", first_seconds), await effect("second", 0)]
