@@ -1,0 +1,33 @@
+"""The benchmark workflows (the same shapes as ../shared/peer-bench)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from werkfluss import step, workflow
+
+CHAIN_STEPS = 10
+FANOUT = 100
+
+
+@step(name="bench.noop")
+async def noop(i: int) -> dict:
+    return {"i": i}
+
+
+@workflow(name="bench.chain10")
+async def chain10() -> int:
+    for i in range(CHAIN_STEPS):
+        await noop(i)
+    return CHAIN_STEPS
+
+
+@workflow(name="bench.one_step")
+async def one_step() -> dict:
+    return await noop(0)
+
+
+@workflow(name="bench.fanout100")
+async def fanout100() -> int:
+    results = await asyncio.gather(*(noop(i) for i in range(FANOUT)))
+    return len(results)
