@@ -91,7 +91,7 @@ def test_small_positive_duration_is_accepted_when_zero_is_not_allowed() -> None:
 
 
 def test_invalid_argument_is_also_a_value_error() -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - users may catch the builtin
+    with pytest.raises(ValueError):
         parse_duration("soon")
 
 

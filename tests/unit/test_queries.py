@@ -17,9 +17,7 @@ PACKAGE_DIR = Path(werkfluss.__file__).resolve().parent
 # How Python code names a query: connector.fetch_all("name", ...), tx.fetch_one("name"),
 # connector.execute("name"), and run_batch statements as ("name", params) tuples.
 _QUERY_CALL = re.compile(r"\b(?:fetch_all|fetch_one|execute)\(\s*[\"'](\w+)[\"']")
-_BATCH_STATEMENT = re.compile(
-    r"(?:statements\.append\(|run_batch\(\s*\[)\s*\(\s*[\"'](\w+)[\"']\s*,"
-)
+_BATCH_STATEMENT = re.compile(r"(?:statements\.append\(|run_batch\(\s*\[)\s*\(\s*[\"'](\w+)[\"']\s*,")
 
 
 def _query_names_used_in_source() -> dict[str, list[str]]:
@@ -46,7 +44,8 @@ def test_every_name_header_in_queries_sql_is_parsed() -> None:
 def test_every_query_has_a_body_and_a_comment() -> None:
     for name, sql in load_queries().items():
         lines = sql.splitlines()
-        assert lines and lines[0].startswith("-- "), f"query {name} has no one-line comment"
+        assert lines, f"query {name} is empty"
+        assert lines[0].startswith("-- "), f"query {name} has no one-line comment"
         body = [line for line in lines if line.strip() and not line.lstrip().startswith("--")]
         assert body, f"query {name} has no SQL"
 
