@@ -258,13 +258,13 @@ def run_once(workload: str, quick: bool) -> dict[str, Any]:
 
 
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
-    lines = ["| workload | figure | median | min–max | unit |", "|---|---|---:|---:|---|"]
+    lines = ["| workload | figure | median | min-max | unit |", "|---|---|---:|---:|---|"]
     for workload, reps in results.items():
         for key, label, unit in FIGURES[workload]:
             values = [r[key] for r in reps]
             lines.append(
                 f"| {workload} | {label} | {statistics.median(values):,.2f} | "
-                f"{min(values):,.2f}–{max(values):,.2f} | {unit} |"
+                f"{min(values):,.2f}-{max(values):,.2f} | {unit} |"
             )
     return "\n".join(lines)
 

@@ -157,17 +157,20 @@ class Recorder:
             }))
         try:
             results = await self._connector.run_batch(statements)
-        except DatabaseError as err:
-            telemetry.logger().warning("recorder.write_failed", error=str(err), ops=len(batch))
-            for op in batch:
-                if not op.future.done():
-                    op.future.set_exception(err)
-            return
-        except BaseException as err:  # cancelled mid-write: nobody knows if it landed
+        except asyncio.CancelledError as err:  # stopped mid-write: nobody knows if it landed
             for op in batch:
                 if not op.future.done():
                     op.future.set_exception(LeaseLost(f"write interrupted: {err!r}"))
             raise
+        except Exception as err:
+            # The whole batch failed (connection lost, or a value the driver
+            # could not send). Its runs are abandoned; the recorder carries on.
+            telemetry.logger().warning("recorder.write_failed", error=str(err), ops=len(batch))
+            failure = err if isinstance(err, DatabaseError) else DatabaseError(f"write failed: {err!r}")
+            for op in batch:
+                if not op.future.done():
+                    op.future.set_exception(failure)
+            return
         self.batches += 1
         self.records += len(appends)
         rows = iter(results)

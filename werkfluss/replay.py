@@ -83,6 +83,8 @@ def rebuild_exception(record: dict[str, Any], *, where: str = "") -> Exception:
             cls = serializer.resolve_class(class_path)
             if issubclass(cls, Exception):
                 exc = cls(*serializer.decode(args))
+                if str(exc) != record.get("message"):
+                    exc = None  # the class does not rebuild faithfully from its args
         except Exception:
             exc = None
     if exc is None:

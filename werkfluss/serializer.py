@@ -80,6 +80,11 @@ def encode(value: Any) -> Any:
     if kind is str:
         if "\x00" in value:
             raise _PathError([], "a string contains a NUL character (PostgreSQL rejects it)")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _PathError([], "a string contains a lone surrogate (not valid UTF-8)") from None
         return value
     if kind is int or kind is bool or value is None:
         return value

@@ -123,7 +123,9 @@ def step(
         target = func.__func__ if isinstance(func, (staticmethod, classmethod)) else func
         if not callable(target):
             raise InvalidArgument(f"@step needs a function, got {type(func).__name__}")
-        step_name = name or f"{target.__module__}.{target.__qualname__}"
+        step_name = f"{target.__module__}.{target.__qualname__}" if name is None else name
+        if not step_name.strip():
+            raise InvalidArgument("a step name must not be empty")
         return Step(func, step_name, options)
 
     if fn is not None:

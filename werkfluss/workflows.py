@@ -64,8 +64,8 @@ def workflow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None
                 f"@workflow needs an `async def` function; {getattr(func, '__qualname__', func)!r} "
                 "is not one"
             )
-        wf_name = name or f"{func.__module__}.{func.__qualname__}"
-        if not wf_name or not wf_name.strip():
+        wf_name = f"{func.__module__}.{func.__qualname__}" if name is None else name
+        if not wf_name.strip():
             raise InvalidArgument("a workflow name must not be empty")
         wf = Workflow(func, wf_name)
         register(wf)

@@ -188,11 +188,6 @@ def test_a_blank_workflow_name_is_refused() -> None:
         workflow(name="   ")(flow)
 
 
-@pytest.mark.xfail(
-    reason="BUG: workflows.workflow uses `name or default`, so name='' silently falls back "
-    "to module.qualname instead of being refused like a blank name",
-    strict=True,
-)
 def test_an_empty_workflow_name_is_refused() -> None:
     async def flow() -> None:
         return None

@@ -254,11 +254,6 @@ def test_nul_in_a_dict_key_is_refused() -> None:
         dumps({1: "x", "k\x00": "y"})
 
 
-@pytest.mark.xfail(
-    reason="BUG: serializer.encode accepts strings with lone surrogates, which PostgreSQL "
-    "cannot store (psycopg raises UnicodeEncodeError at write time)",
-    strict=True,
-)
 def test_string_with_lone_surrogate_is_refused() -> None:
     with pytest.raises(SerializationError, match=r"\['name'\]"):
         dumps({"name": "a\ud800b"})
