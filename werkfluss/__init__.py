@@ -24,6 +24,8 @@ from werkfluss.errors import (
     DatabaseError,
     DatabaseUnavailable,
     FatalError,
+    HookConflict,
+    HookRefused,
     InvalidArgument,
     NonDeterminismError,
     NotAWorkflowError,
@@ -38,9 +40,12 @@ from werkfluss.errors import (
     UnknownWorkflowError,
     WerkflussError,
 )
+from werkfluss.hooks import Hook, hook
+from werkfluss.racing import race
 from werkfluss.runs import RunHandle, RunInfo, StepRecord
 from werkfluss.steps import step
 from werkfluss.telemetry import configure_logging
+from werkfluss.timers import sleep
 from werkfluss.worker import Worker
 from werkfluss.workflows import workflow
 
@@ -52,6 +57,9 @@ __all__ = [
     "DatabaseUnavailable",
     "Engine",
     "FatalError",
+    "Hook",
+    "HookConflict",
+    "HookRefused",
     "InvalidArgument",
     "NonDeterminismError",
     "NotAWorkflowError",
@@ -71,6 +79,9 @@ __all__ = [
     "WerkflussError",
     "Worker",
     "configure_logging",
+    "hook",
+    "race",
+    "sleep",
     "step",
     "step_info",
     "workflow",

@@ -7,6 +7,8 @@ steps it calls are plain function calls) and its :class:`StepInfo` instead.
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,6 +20,27 @@ if TYPE_CHECKING:
 
 _execution: ContextVar[RunExecution | None] = ContextVar("werkfluss_execution", default=None)
 _step: ContextVar[StepInfo | None] = ContextVar("werkfluss_step", default=None)
+_race_branch: ContextVar[RaceBranch | None] = ContextVar("werkfluss_race_branch", default=None)
+
+
+class RaceBranch:
+    """Set in the task that runs one branch of a ``race()``: the durable call
+    at ``seq`` does not record its own outcome (the race records the winner's)."""
+
+    __slots__ = ("child_id", "consumes", "event_time", "release", "seq")
+
+    def __init__(self, seq: int | None) -> None:
+        self.seq = seq
+        self.consumes: int | None = None  # a hook payload taken by this branch
+        self.release: Callable[[], None] | None = None  # gives the payload back if it loses
+        self.child_id: str | None = None  # a child run to cancel if it loses
+        self.event_time: dt.datetime | None = None  # when its outcome happened
+
+
+def race_branch_for(seq: int) -> RaceBranch | None:
+    """The race branch this durable call is, if it is one."""
+    branch = _race_branch.get()
+    return branch if branch is not None and branch.seq == seq else None
 
 
 @dataclass(frozen=True)

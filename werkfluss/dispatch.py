@@ -33,6 +33,9 @@ class ClaimedRun:
     log: list[dict[str, Any]]
     deadline: dt.datetime | None
     parent_id: str | None
+    wakeups: int
+    inbox: list[dict[str, Any]]
+    children: list[dict[str, Any]]
 
 
 async def claim_runs(
@@ -65,6 +68,9 @@ async def claim_runs(
             log=json.loads(row["log"]),
             deadline=row["deadline"],
             parent_id=row["parent_id"],
+            wakeups=row["wakeups"] or 0,
+            inbox=json.loads(row["inbox"]),
+            children=json.loads(row["children"]),
         )
         for row in rows
     ]

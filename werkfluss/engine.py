@@ -21,7 +21,7 @@ from werkfluss import migrations, serializer, telemetry, workflows
 from werkfluss.connector import Connector
 from werkfluss.durations import Duration, optional_duration
 from werkfluss.embedded import start_embedded
-from werkfluss.errors import InvalidArgument
+from werkfluss.errors import HookRefused, InvalidArgument
 from werkfluss.listener import Listener
 from werkfluss.runs import STATUSES, RunHandle, RunInfo
 from werkfluss.worker import Worker
@@ -190,6 +190,24 @@ class Engine:
         if cancelled:
             telemetry.logger().info("run.cancel_requested", run_id=run_id)
         return cancelled
+
+    async def send(self, token: str, payload: Any = None) -> None:
+        """Deliver ``payload`` to the hook with ``token``.
+
+        Raises :class:`HookRefused` (and stores nothing) if the token was never
+        issued, the hook was single-use and already used, or its run has ended.
+
+            await engine.send("order-42:approval", {"approved": True})
+        """
+        if not isinstance(token, str) or not token:
+            raise InvalidArgument("the hook token must be a non-empty string")
+        payload_json = serializer.dumps(payload, what="the hook payload")
+        await self.open()
+        row = await self.connector.fetch_one("send", token=token, payload=payload_json)
+        outcome = row["outcome"] if row else "unknown_token"
+        if outcome != "delivered":
+            raise HookRefused(token, outcome)
+        telemetry.logger().info("hook.sent", token=token)
 
     # --- workers -----------------------------------------------------------------------
 

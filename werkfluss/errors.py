@@ -189,6 +189,49 @@ class NonDeterminismError(WerkflussError):
         )
 
 
+class HookConflict(WerkflussError):
+    """A hook token the workflow chose is already owned by another run."""
+
+    def __init__(self, token: str, owner: str | None) -> None:
+        self.token = token
+        self.owner = owner
+        super().__init__(token, owner)
+
+    def __str__(self) -> str:
+        return (
+            f"hook token {self.token} is already used by run {self.owner or ''}; "
+            "choose a token unique to this run"
+        )
+
+
+class HookRefused(WerkflussError):
+    """``engine.send()`` did not deliver the payload; nothing was stored.
+
+    ``reason`` is one of ``unknown_token`` (a generated token that was never
+    issued), ``already_used`` (a single-use hook that has its payload),
+    ``run_ended`` (the hook's run has finished) or ``duplicate_early_payload``
+    (a second payload for a token whose hook does not exist yet).
+    """
+
+    _EXPLAIN = {
+        "unknown_token": "no hook was ever issued with this token; check the token you were given",
+        "already_used": "the hook is single-use and already received its payload",
+        "run_ended": "the run that owns the hook has finished; nothing waits for it any more",
+        "duplicate_early_payload": (
+            "a payload for this token is already waiting for its hook to be created; "
+            "only the first one is kept"
+        ),
+    }
+
+    def __init__(self, token: str, reason: str) -> None:
+        self.token = token
+        self.reason = reason
+        super().__init__(token, reason)
+
+    def __str__(self) -> str:
+        return f"cannot send to hook {self.token!r}: {self._EXPLAIN.get(self.reason, self.reason)}"
+
+
 class LeaseLost(WerkflussError):
     """This worker no longer holds the run (taken over, cancelled or released).
 

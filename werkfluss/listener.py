@@ -5,6 +5,8 @@ Channels (payloads are ids or names, never data):
 * ``werkfluss_queue`` — a workflow name (or ``''``): work may be claimable.
 * ``werkfluss_runs`` — comma-separated run ids (or ``'*'``): runs finished or
   were cancelled.
+* ``werkfluss_wake`` — a run id: something that run waits for happened (a
+  hook payload) while a worker holds it.
 
 A notification is only a hint. After every (re)connect the listener calls all
 subscribers with ``None`` ("anything may have changed"), and everyone also
@@ -23,7 +25,8 @@ from werkfluss.errors import DatabaseUnavailable
 
 QUEUE_CHANNEL = "werkfluss_queue"
 RUNS_CHANNEL = "werkfluss_runs"
-CHANNELS = (QUEUE_CHANNEL, RUNS_CHANNEL)
+WAKE_CHANNEL = "werkfluss_wake"
+CHANNELS = (QUEUE_CHANNEL, RUNS_CHANNEL, WAKE_CHANNEL)
 
 Callback = Callable[[str | None], None]
 

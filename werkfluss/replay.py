@@ -2,16 +2,19 @@
 
 A :class:`RunExecution` is created when a worker claims a run, with the run's
 whole log (read once, in the claim). Each durable call the workflow makes —
-a step today — takes the next *seq* at the moment of the call:
+a step, ``sleep``, ``hook()``, a hook wait, a child run, ``race`` — takes the
+next *seq* at the moment of the call:
 
 * if the log has a record at that seq, it must be the same kind and name
-  (else :class:`NonDeterminismError` fails the run) and its recorded result is
-  returned, or its recorded error raised, without running anything;
-* otherwise the step runs (with its retries) and its result is committed
-  through the :class:`~werkfluss.log.Recorder` before the workflow continues.
+  (else :class:`NonDeterminismError` fails the run) and its recorded outcome
+  is returned, or its recorded error raised, without running anything;
+* otherwise the call runs, and its outcome is committed through the
+  :class:`~werkfluss.log.Recorder` before the workflow continues.
 
-Live and replayed calls return the same thing: the value decoded from the
-recorded JSON, and exceptions rebuilt from the recorded error.
+When everything the workflow waits for is *passive* — a timer, a hook
+payload, a child run — and no step is running, the run is suspended: its
+lease is released with a wake-up time, the coroutine is dropped, and any
+worker resumes it later by replaying the log (see :mod:`werkfluss.waits`).
 """
 
 from __future__ import annotations
@@ -19,82 +22,27 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import traceback
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from werkfluss import context, serializer, telemetry
-from werkfluss.errors import (
-    DatabaseError,
-    LeaseLost,
-    NonDeterminismError,
-    SerializationError,
-    StepFailed,
-    WerkflussError,
-)
+from werkfluss.errors import DatabaseError, LeaseLost, NonDeterminismError, SerializationError
+from werkfluss.failures import error_json, error_record, rebuild_exception, type_name
 from werkfluss.log import EventRecord, Lease, Recorder
 from werkfluss.steps import Step, run_attempts
+from werkfluss.waits import WaitSet
 
 if TYPE_CHECKING:
     from werkfluss.workflows import Workflow
 
+__all__ = ["Outcome", "RunExecution", "error_record", "rebuild_exception", "type_name"]
 
-def _now() -> dt.datetime:
+
+def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-# --- errors as records ----------------------------------------------------------------
-
-
-def type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-
-
-def error_record(exc: BaseException) -> dict[str, Any]:
-    """The JSON-able record of an exception: type, message, traceback (and args to rebuild it)."""
-    record: dict[str, Any] = {
-        "type": type_name(exc),
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-        "class": f"{type(exc).__module__}:{type(exc).__qualname__}",
-    }
-    try:
-        record["args"] = serializer.encode(list(exc.args))
-    except Exception:  # args that are not serializable: the exception is rebuilt as StepFailed
-        pass
-    return record
-
-
-def error_json(exc: BaseException) -> str:
-    return json.dumps(error_record(exc), ensure_ascii=False)
-
-
-def rebuild_exception(record: dict[str, Any], *, where: str = "") -> Exception:
-    """The exception a recorded error stands for: its own class when that can be
-    imported and built from the recorded args, else :class:`StepFailed`."""
-    exc: Exception | None = None
-    class_path, args = record.get("class"), record.get("args")
-    if class_path and args is not None:
-        try:
-            cls = serializer.resolve_class(class_path)
-            if issubclass(cls, Exception):
-                exc = cls(*serializer.decode(args))
-                if str(exc) != record.get("message"):
-                    exc = None  # the class does not rebuild faithfully from its args
-        except Exception:
-            exc = None
-    if exc is None:
-        exc = StepFailed(str(record.get("type")), str(record.get("message")), record.get("traceback"))
-    if record.get("traceback"):
-        exc.add_note(f"recorded by werkfluss{where}; original traceback:\n{record['traceback']}")
-    return exc
-
-
-# --- the outcome of a run ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -105,11 +53,7 @@ class Outcome:
     error_type: str | None = None
 
 
-class _Halt(Exception):
-    """Internal: stop driving this run (it was released, abandoned or lost)."""
-
-
-# --- the execution -----------------------------------------------------------------------
+_MISMATCH: dict[str, Any] = {"mismatch": True}
 
 
 class RunExecution:
@@ -127,6 +71,11 @@ class RunExecution:
         recorder: Recorder,
         executor: Executor | None = None,
         on_halt: Callable[[RunExecution], None] | None = None,
+        wakeups: int = 0,
+        inbox: list[dict[str, Any]] | None = None,
+        children: list[dict[str, Any]] | None = None,
+        deadline: dt.datetime | None = None,
+        cancel_child: Callable[[str], None] | None = None,
     ) -> None:
         self.run_id = run_id
         self.workflow = workflow
@@ -135,41 +84,122 @@ class RunExecution:
         self.lease = lease
         self.recorder = recorder
         self.executor = executor
+        self.deadline = deadline
         self._log = {int(entry["seq"]): entry for entry in log}
         self._last_logged = max(self._log, default=0)
         self._seq = 0
         self._on_halt = on_halt
+        self._cancel_child = cancel_child
+        self._calls: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._pending: list[asyncio.Future[Any]] = []  # hook creations not yet awaited
+        self._deferred: BaseException | None = None  # raised at the next durable call
+        self.waits = WaitSet(self, wakeups=wakeups, inbox=inbox or [], children=children or [])
         self.nondeterminism: NonDeterminismError | None = None
         self.halted: str | None = None  # why the worker stopped driving it
         self.stopping = False  # set by the worker: release at the next step boundary
         self.steps_run = 0
+        self.children_started = False
 
-    # --- called by workflow code (through Step.__call__) ---------------------------
+    # --- sequence numbers and the log ------------------------------------------------
 
-    def call_step(
-        self, step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Awaitable[Any]:
-        seq, recorded = self._next_seq("step", step.name)
-        return self._step(seq, recorded, step, args, kwargs)
+    def next_seq(self, kind: str, name: str | None) -> tuple[int, dict[str, Any] | None]:
+        """Take the next seq; return it with the log's record there (if any).
 
-    def call_child(self, workflow: Workflow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        raise WerkflussError(
-            f"awaiting workflow {workflow.name} inside a run (a child run) is not supported yet; "
-            "call its steps directly"
-        )
-
-    def _next_seq(self, kind: str, name: str) -> tuple[int, dict[str, Any] | None]:
+        ``name=None`` matches any name (hooks with generated tokens).
+        """
         self._seq += 1
         seq = self._seq
         recorded = self._log.get(seq)
-        if recorded is not None and (recorded["kind"] != kind or recorded["name"] != name):
+        if recorded is not None and (
+            recorded["kind"] != kind or (name is not None and recorded["name"] != name)
+        ):
             if self.nondeterminism is None:
                 self.nondeterminism = NonDeterminismError(
                     self.run_id, seq,
-                    f"{recorded['kind']} {recorded['name']!r}", f"{kind} {name!r}",
+                    f"{recorded['kind']} {recorded['name']!r}",
+                    f"{kind} {name if name is not None else '(generated)'!r}",
                 )
-            return seq, {"mismatch": True}
+            return seq, _MISMATCH
         return seq, recorded
+
+    def check(self, recorded: dict[str, Any] | None) -> None:
+        """Raise the mismatch a call was given, if it was given one."""
+        if recorded is _MISMATCH:
+            assert self.nondeterminism is not None
+            raise self.nondeterminism
+
+    def register_call(self, coro: Coroutine[Any, Any, Any], seq: int) -> Coroutine[Any, Any, Any]:
+        """Remember which seq a durable call's coroutine has (``race`` asks)."""
+        self._calls[coro] = seq
+        return coro
+
+    def seq_of(self, awaitable: object) -> int | None:
+        try:
+            return self._calls.get(awaitable)
+        except TypeError:
+            return None
+
+    async def before_durable(self) -> None:
+        """Run before any new durable work: stop if the run is being suspended
+        or released, and surface errors of hook creations made since."""
+        if self.waits.suspending or self.halted:
+            raise asyncio.CancelledError(f"werkfluss: run {self.run_id} is leaving this worker")
+        if self._pending:
+            pending, self._pending = self._pending, []
+            async with self.waits.active():
+                for future in pending:
+                    await future
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
+        if self.nondeterminism is not None:
+            raise self.nondeterminism  # never do new work on a log that does not match
+
+    def defer(self, future: asyncio.Future[Any] | None = None, error: BaseException | None = None) -> None:
+        if future is not None:
+            self._pending.append(future)
+        if error is not None and self._deferred is None:
+            self._deferred = error
+
+    async def record(self, record: EventRecord) -> None:
+        """Commit a log record (fenced by the lease); stop the run if that fails."""
+        await self.write(self.recorder.append(self.lease, record))
+
+    async def write(self, operation: Coroutine[Any, Any, Any]) -> Any:
+        """Await one recorder operation; a lost lease or database halts the run."""
+        if self.halted:
+            operation.close()
+            self.halt(self.halted)
+        async with self.waits.active():
+            try:
+                return await operation
+            except LeaseLost:
+                self.halt("lease_lost")
+            except DatabaseError:
+                self.halt("abandoned")
+
+    def halt(self, reason: str) -> None:
+        """Stop this run here: the workflow's task is cancelled and nothing more is written."""
+        if self.halted is None:
+            self.halted = reason
+            if self._on_halt is not None:
+                self._on_halt(self)
+        raise asyncio.CancelledError(f"werkfluss: run {self.run_id} {reason}")
+
+    def cancel_child(self, child_id: str) -> None:
+        if self._cancel_child is not None:
+            self._cancel_child(child_id)
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def call_step(self, step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        seq, recorded = self.next_seq("step", step.name)
+        return self.register_call(self._step(seq, recorded, step, args, kwargs), seq)
+
+    def call_child(self, workflow: Workflow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        from werkfluss.children import call_child
+
+        return call_child(self, workflow, args, kwargs)
 
     async def _step(
         self,
@@ -179,34 +209,35 @@ class RunExecution:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        self.check(recorded)
         if recorded is not None:
-            if recorded.get("mismatch"):
-                assert self.nondeterminism is not None
-                raise self.nondeterminism
             if recorded["status"] == "completed":
                 return serializer.decode(recorded["output"])
             raise rebuild_exception(recorded["error"], where=f" for run {self.run_id} seq {seq}")
         if self.stopping:
-            self._halt("released")
-        if self.nondeterminism is not None:
-            raise self.nondeterminism  # never run new steps on a log that does not match
+            self.halt("released")
+        await self.before_durable()
         input_json = serializer.dumps(
             {"args": list(args), "kwargs": kwargs}, what=f"the input of step {step.name}"
         )
         info = context.StepInfo(self.run_id, self.workflow.name, step.name, seq, 1)
-        started = _now()
-        outcome = await run_attempts(step, args, kwargs, info, self.executor)
-        finished = _now()
+        started = utcnow()
+        async with self.waits.active():
+            outcome = await run_attempts(step, args, kwargs, info, self.executor)
+        finished = utcnow()
         error = None if outcome.ok else error_record(outcome.error)  # type: ignore[arg-type]
-        record = EventRecord(
-            seq=seq, kind="step", name=step.name,
-            status="completed" if outcome.ok else "failed",
-            input=input_json, output=outcome.output,
-            error=None if error is None else json.dumps(error, ensure_ascii=False),
-            attempts=outcome.attempts, started_at=started, finished_at=finished,
-        )
-        await self._record(record)
-        self.steps_run += 1
+        branch = context.race_branch_for(seq)
+        if branch is None:
+            await self.record(EventRecord(
+                seq=seq, kind="step", name=step.name,
+                status="completed" if outcome.ok else "failed",
+                input=input_json, output=outcome.output,
+                error=None if error is None else json.dumps(error, ensure_ascii=False),
+                attempts=outcome.attempts, started_at=started, finished_at=finished,
+            ))
+            self.steps_run += 1
+        else:
+            branch.event_time = finished  # the race records the winner
         log = telemetry.logger()
         if outcome.ok:
             if telemetry.debug_enabled():
@@ -214,36 +245,19 @@ class RunExecution:
                           attempts=outcome.attempts,
                           duration_ms=round((finished - started).total_seconds() * 1000, 3))
             return serializer.loads(outcome.output)
+        assert error is not None
         log.info("step.failed", run_id=self.run_id, step=step.name, seq=seq,
-                 attempts=outcome.attempts, error=f"{error['type']}: {error['message']}")  # type: ignore[index]
-        rebuilt = rebuild_exception(error, where=f" for run {self.run_id} seq {seq}")  # type: ignore[arg-type]
-        raise rebuilt from outcome.error
+                 attempts=outcome.attempts, error=f"{error['type']}: {error['message']}")
+        raise rebuild_exception(error, where=f" for run {self.run_id} seq {seq}") from outcome.error
 
-    async def _record(self, record: EventRecord) -> None:
-        if self.halted:
-            self._halt(self.halted)
-        try:
-            await self.recorder.append(self.lease, record)
-        except LeaseLost:
-            self._halt("lease_lost")
-        except DatabaseError:
-            self._halt("abandoned")
-
-    def _halt(self, reason: str) -> None:
-        """Stop this run here: the workflow's task is cancelled and nothing more is written."""
-        if self.halted is None:
-            self.halted = reason
-            if self._on_halt is not None:
-                self._on_halt(self)
-        raise asyncio.CancelledError(f"werkfluss: run {self.run_id} {reason}")
-
-    # --- driving the workflow ----------------------------------------------------------
+    # --- driving the workflow --------------------------------------------------------------
 
     async def run(self) -> Outcome:
         """Run (or resume) the workflow to its outcome. Cancellation propagates."""
         token = context._execution.set(self)
         try:
             value = await self.workflow.fn(*self.args, **self.kwargs)
+            await self.before_durable()  # hook creations still in flight
         except asyncio.CancelledError:
             raise
         except Exception as exc:

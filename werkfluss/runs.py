@@ -95,7 +95,7 @@ class StepRecord:
     attempts: int
     started_at: dt.datetime | None
     finished_at: dt.datetime
-    kind: str = "step"
+    kind: str = "step"  # or "sleep", "hook", "receive", "child", "race" (see RunHandle.log)
 
     @classmethod
     def from_row(cls, row: Row) -> StepRecord:
@@ -141,10 +141,22 @@ class RunHandle:
         return (await self.info()).status
 
     async def steps(self) -> list[StepRecord]:
-        """The run's log: exactly one record per step call, in seq order."""
-        rows = await self._engine.connector.fetch_all("list_events", run_id=self.run_id)
+        """The run's step records: exactly one per step call, in seq order.
+
+        Sleeps, hooks, races and child starts are in :meth:`log`, not here.
+        """
+        rows = await self._engine.connector.fetch_all("list_steps", run_id=self.run_id)
         if not rows:
             await self.info()  # raise RunNotFound for an unknown id
+        return [StepRecord.from_row(row) for row in rows]
+
+    async def log(self) -> list[StepRecord]:
+        """The whole log in seq order: steps, and the records of sleeps
+        (``kind="sleep"``), hooks (``hook``), received payloads (``receive``),
+        child runs (``child``) and races (``race``)."""
+        rows = await self._engine.connector.fetch_all("list_events", run_id=self.run_id)
+        if not rows:
+            await self.info()
         return [StepRecord.from_row(row) for row in rows]
 
     async def cancel(self) -> bool:

@@ -25,6 +25,8 @@ What a worker does:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 import os
 import socket
 import time
@@ -38,10 +40,11 @@ from werkfluss import dispatch, telemetry, workflows
 from werkfluss.connector import sleep_backoff
 from werkfluss.durations import Duration, parse_duration
 from werkfluss.errors import ConfigurationError, DatabaseError, InvalidArgument, LeaseLost
-from werkfluss.listener import QUEUE_CHANNEL, RUNS_CHANNEL
+from werkfluss.failures import error_json
+from werkfluss.listener import QUEUE_CHANNEL, RUNS_CHANNEL, WAKE_CHANNEL
 from werkfluss.log import Lease, Recorder
 from werkfluss.migrations import check_schema
-from werkfluss.replay import RunExecution
+from werkfluss.replay import Outcome, RunExecution
 
 if TYPE_CHECKING:
     from werkfluss.engine import Engine
@@ -53,6 +56,7 @@ class _Held:
     execution: RunExecution
     task: asyncio.Task[None]
     finishing: bool = False
+    deadline_timer: asyncio.TimerHandle | None = None
 
 
 class Worker:
@@ -102,6 +106,7 @@ class Worker:
         self._force = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: list[Any] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self.runs_finished = 0
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -134,6 +139,7 @@ class Worker:
         self._unsubscribe = [
             listener.subscribe(QUEUE_CHANNEL, self._on_queue),
             listener.subscribe(RUNS_CHANNEL, self._on_runs),
+            listener.subscribe(WAKE_CHANNEL, self._on_wake),
         ]
         self._recorder = Recorder(self.engine.connector)
         self._recorder.start()
@@ -215,13 +221,39 @@ class Worker:
             self._wake.set()
 
     def _on_runs(self, payload: str | None) -> None:
-        # A run we hold was cancelled (or finished elsewhere): stop it right away.
+        # Runs finished or were cancelled: one we hold may have been cancelled,
+        # or a run we hold may be waiting for one of them (its child).
         if not self._held:
             return
-        ids = self._held.keys() if payload in (None, "*") else payload.split(",")
+        ids = list(self._held) if payload is None or payload == "*" else payload.split(",")
         suspects = [run_id for run_id in ids if run_id in self._held]
+        parents = {run_id.rsplit(":", 1)[0] for run_id in ids} & self._held.keys()
+        if payload in (None, "*"):
+            parents = set(self._held)
         if suspects:
-            asyncio.get_running_loop().create_task(self._check_cancelled(suspects))
+            self._spawn(self._check_cancelled(suspects))
+        for parent in parents:
+            self._spawn(self._refresh(parent))
+
+    def _on_wake(self, payload: str | None) -> None:
+        targets = list(self._held) if payload is None else [payload]
+        for run_id in targets:
+            if run_id in self._held:
+                self._spawn(self._refresh(run_id))
+
+    async def _refresh(self, run_id: str) -> None:
+        """Read what a held run may be waiting for (payloads, finished children)."""
+        held = self._held.get(run_id)
+        if held is None:
+            return
+        try:
+            row = await self.engine.connector.fetch_one("run_inputs", run_id=run_id)
+        except DatabaseError:
+            return  # the wake-up count tells the suspension; nothing is lost
+        if row is not None and self._held.get(run_id) is held:
+            held.execution.waits.add_inputs(
+                row["wakeups"] or 0, json.loads(row["inbox"]), json.loads(row["children"])
+            )
 
     async def _check_cancelled(self, run_ids: list[str]) -> None:
         for run_id in run_ids:
@@ -235,6 +267,21 @@ class Worker:
             if row is not None and row["status"] == "cancelled":
                 held.execution.halted = "cancelled"
                 held.task.cancel()
+
+    def _cancel_child(self, child_id: str) -> None:
+        async def cancel() -> None:
+            try:
+                await self.engine.connector.fetch_one("cancel_run", run_id=child_id)
+            except Exception as err:  # the child ends with its parent at the latest
+                telemetry.logger().warning("worker.cancel_child_failed", run_id=child_id, error=str(err))
+
+        self._spawn(cancel())
+
+    def _spawn(self, coro: Any) -> None:
+        """A small background task, kept referenced until it is done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- claiming ------------------------------------------------------------------------
 
@@ -298,11 +345,27 @@ class Worker:
             recorder=self.recorder,
             executor=self._executor,
             on_halt=self._on_halt,
+            wakeups=run.wakeups,
+            inbox=run.inbox,
+            children=run.children,
+            deadline=run.deadline,
+            cancel_child=self._cancel_child,
         )
         task = asyncio.create_task(self._drive(execution), name=f"werkfluss-run-{run.run_id}")
-        self._held[run.run_id] = _Held(execution, task)
+        held = _Held(execution, task)
+        self._held[run.run_id] = held
+        if run.deadline is not None:
+            delay = (run.deadline - dt.datetime.now(dt.UTC)).total_seconds()
+            held.deadline_timer = asyncio.get_running_loop().call_later(
+                max(0.0, delay), self._on_deadline, run.run_id, held
+            )
         log.debug("run.claimed", run_id=run.run_id, workflow=run.workflow,
-                 worker_id=self.worker_id, replaying=len(run.log))
+                  worker_id=self.worker_id, replaying=len(run.log))
+
+    def _on_deadline(self, run_id: str, held: _Held) -> None:
+        if self._held.get(run_id) is held and not held.finishing and held.execution.halted is None:
+            held.execution.halted = "timed_out"
+            held.task.cancel()
 
     def _on_halt(self, execution: RunExecution) -> None:
         held = self._held.get(execution.run_id)
@@ -317,8 +380,10 @@ class Worker:
             try:
                 outcome = await execution.run()
             except asyncio.CancelledError:
-                self._after_halt(execution)
-                return
+                if execution.halted != "timed_out":
+                    self._after_halt(execution)
+                    return
+                outcome = _timed_out(execution)
             held = self._held.get(run_id)
             if held is not None:
                 held.finishing = True
@@ -341,18 +406,32 @@ class Worker:
                 log.info("run.completed", run_id=run_id, workflow=execution.workflow.name,
                          steps=execution.steps_run, duration_ms=duration_ms)
             else:
-                event = "run.nondeterminism" if execution.nondeterminism else "run.failed"
+                event = "run.nondeterminism" if execution.nondeterminism else (
+                    "run.timed_out" if execution.halted == "timed_out" else "run.failed")
                 log.error(event, run_id=run_id, workflow=execution.workflow.name,
                           error_type=outcome.error_type, duration_ms=duration_ms)
+            if execution.children_started or execution.halted == "timed_out":
+                await self._cancel_children(run_id)
         finally:
-            self._held.pop(run_id, None)
+            held = self._held.pop(run_id, None)
+            if held is not None and held.deadline_timer is not None:
+                held.deadline_timer.cancel()
             if self._maybe_more:
                 self._wake.set()
+
+    async def _cancel_children(self, run_id: str) -> None:
+        """A run that ended leaves no child running (children are cancelled)."""
+        try:
+            await self.engine.connector.fetch_one("cancel_children", run_id=run_id)
+        except DatabaseError as err:
+            telemetry.logger().warning("worker.cancel_child_failed", run_id=run_id, error=str(err))
 
     def _after_halt(self, execution: RunExecution) -> None:
         log = telemetry.logger()
         reason = execution.halted or ("released" if self._stopping else "cancelled")
-        if reason == "lease_lost":
+        if reason == "suspended":
+            self._wake.set()  # its wake-up time may be the next thing due
+        elif reason == "lease_lost":
             log.warning("worker.lease_lost", run_id=execution.run_id, worker_id=self.worker_id)
         elif reason == "cancelled":
             log.info("run.cancelled", run_id=execution.run_id, worker_id=self.worker_id)
@@ -391,3 +470,9 @@ class Worker:
                 if run_id not in renewed and self._held.get(run_id) is h and not h.finishing:
                     h.execution.halted = h.execution.halted or "lease_lost"
                     h.task.cancel()
+
+
+def _timed_out(execution: RunExecution) -> Outcome:
+    deadline = execution.deadline.isoformat() if execution.deadline else "its deadline"
+    error = TimeoutError(f"run {execution.run_id} did not finish by {deadline} (its timeout)")
+    return Outcome("failed", None, error_json(error), "TimeoutError")

@@ -1,0 +1,192 @@
+"""Passive waits, and suspending a run that has nothing else to do.
+
+A run waits *passively* for a timer (``sleep``, a hook wait's timeout), a hook
+payload, or a child run. Each wait first checks whether what it waits for is
+already there (the claim brought the run's unconsumed payloads and finished
+children along); if not, it registers a :class:`Waiter`.
+
+When the run has waiters and nothing active — no step body running, no
+record being written — it is suspended: the recorder releases its lease with
+the earliest timer as wake-up time (status ``sleeping``), or with no time
+(``waiting``) if it waits for an event, and the coroutine is dropped. Events
+(``send``, a child finishing) make a waiting run claimable again; a worker
+that holds the run is told instead, and feeds the news in with
+:meth:`WaitSet.add_inputs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from werkfluss import telemetry
+from werkfluss.errors import DatabaseError, LeaseLost
+
+if TYPE_CHECKING:
+    from werkfluss.replay import RunExecution
+
+T = TypeVar("T")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def parse_time(value: Any) -> dt.datetime:
+    """A timestamp from JSON (ISO text) or from the driver (datetime)."""
+    if isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))
+
+
+@dataclass(eq=False)
+class Waiter:
+    kind: str  # "timer" | "hook" | "child"
+    key: Any  # wake-up time | token | child run id
+    future: asyncio.Future[None] = field(repr=False)
+
+
+class WaitSet:
+    """The passive waits of one execution, its inputs, and its suspension."""
+
+    def __init__(
+        self,
+        execution: RunExecution,
+        *,
+        wakeups: int,
+        inbox: list[dict[str, Any]],
+        children: list[dict[str, Any]],
+    ) -> None:
+        self._execution = execution
+        self.seen_wakeups = wakeups
+        self._inbox: dict[int, dict[str, Any]] = {int(e["id"]): e for e in inbox}
+        self._taken: set[int] = set()
+        self.children: dict[str, dict[str, Any]] = {c["run_id"]: c for c in children}
+        self._waiters: set[Waiter] = set()
+        self._active = 0
+        self._check_scheduled = False
+        self.suspending = False
+        self._suspend_task: asyncio.Task[None] | None = None
+
+    # --- activity ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def active(self) -> AsyncIterator[None]:
+        """Mark work in progress (a step body, a write): no suspension meanwhile."""
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0 and self._waiters:
+                self._schedule_check()
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def add_inputs(self, wakeups: int, inbox: list[dict[str, Any]], children: list[dict[str, Any]]) -> None:
+        """News from the database (a payload, a finished child): wake the waits it concerns."""
+        self.seen_wakeups = max(self.seen_wakeups, wakeups)
+        for entry in inbox:
+            self._inbox.setdefault(int(entry["id"]), entry)
+        for child in children:
+            self.children[child["run_id"]] = child
+        for waiter in list(self._waiters):
+            if not waiter.future.done():
+                waiter.future.set_result(None)  # each wait re-checks what it needs
+
+    def take_payload(self, token: str) -> dict[str, Any] | None:
+        """The oldest payload for ``token`` not yet taken by a wait in this execution."""
+        for entry_id in sorted(self._inbox):
+            entry = self._inbox[entry_id]
+            if entry["token"] == token and entry_id not in self._taken:
+                self._taken.add(entry_id)
+                return entry
+        return None
+
+    def give_back(self, entry: dict[str, Any]) -> None:
+        """A payload taken by a race branch that lost: available again."""
+        self._taken.discard(int(entry["id"]))
+
+    def consumed(self, entry: dict[str, Any]) -> None:
+        self._inbox.pop(int(entry["id"]), None)
+
+    # --- waiting -------------------------------------------------------------------------
+
+    async def until(self, kind: str, key: Any, ready: Callable[[], T | None]) -> T:
+        """Wait until ``ready()`` gives something (checked again after every wake-up)."""
+        while True:
+            value = ready()
+            if value is not None:
+                return value
+            await self._wait(kind, key)
+
+    async def _wait(self, kind: str, key: Any) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = Waiter(kind, key, loop.create_future())
+        timer = None
+        if kind == "timer":
+            delay = max(0.0, (key - utcnow()).total_seconds())
+            timer = loop.call_later(delay, _resolve, waiter.future)
+        self._waiters.add(waiter)
+        self._schedule_check()
+        try:
+            await waiter.future
+        finally:
+            self._waiters.discard(waiter)
+            if timer is not None:
+                timer.cancel()
+
+    # --- suspension ----------------------------------------------------------------------
+
+    def _schedule_check(self) -> None:
+        if not self._check_scheduled:
+            self._check_scheduled = True
+            asyncio.get_running_loop().call_soon(self._check)
+
+    def _check(self) -> None:
+        self._check_scheduled = False
+        execution = self._execution
+        if self.suspending or execution.halted or self._active or not self._waiters:
+            return
+        if any(w.future.done() for w in self._waiters):
+            return  # a wait is about to continue
+        self.suspending = True
+        self._suspend_task = asyncio.get_running_loop().create_task(self._suspend())
+
+    async def _suspend(self) -> None:
+        execution = self._execution
+        timers = [w.key for w in self._waiters if w.kind == "timer"]
+        events = sorted({f"{'hook' if w.kind == 'hook' else 'run'}:{w.key}"
+                         for w in self._waiters if w.kind != "timer"})
+        wake_at = min(timers) if timers else None
+        due_at = wake_at
+        if execution.deadline is not None:
+            due_at = execution.deadline if due_at is None else min(due_at, execution.deadline)
+        status = "waiting" if events else "sleeping"
+        waiting_on = ", ".join(events)[:1000] or None
+        try:
+            await execution.recorder.suspend(
+                execution.lease, status, wake_at, due_at, waiting_on, self.seen_wakeups
+            )
+        except LeaseLost:
+            reason = "lease_lost"
+        except DatabaseError:
+            reason = "abandoned"
+        else:
+            reason = "suspended"
+            telemetry.logger().debug("run.suspended", run_id=execution.run_id, status=status,
+                                     wake_at=wake_at.isoformat() if wake_at else None,
+                                     waiting_on=waiting_on)
+        try:
+            execution.halt(reason)
+        except asyncio.CancelledError:
+            pass  # halt() raises for the workflow's benefit; here only its effect matters
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
