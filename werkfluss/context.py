@@ -27,10 +27,11 @@ class RaceBranch:
     """Set in the task that runs one branch of a ``race()``: the durable call
     at ``seq`` does not record its own outcome (the race records the winner's)."""
 
-    __slots__ = ("child_id", "consumes", "event_time", "release", "seq")
+    __slots__ = ("child_id", "consumes", "counted", "event_time", "release", "seq")
 
     def __init__(self, seq: int | None) -> None:
         self.seq = seq
+        self.counted = False  # counts as activity (not blocked, or finished but not yet seen)
         self.consumes: int | None = None  # a hook payload taken by this branch
         self.release: Callable[[], None] | None = None  # gives the payload back if it loses
         self.child_id: str | None = None  # a child run to cancel if it loses

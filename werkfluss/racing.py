@@ -75,6 +75,10 @@ async def _race(
         _discard(awaitables)
         raise
     branches = [RaceBranch(execution.seq_of(a)) for a in awaitables]
+    waits = execution.waits
+    for branch in branches:  # each branch is activity until it blocks (see WaitSet.blocked)
+        branch.counted = True
+    waits.add_activity(len(branches))
     tasks = []
     for awaitable, branch in zip(awaitables, branches, strict=True):
         ctx = contextvars.copy_context()
@@ -84,13 +88,20 @@ async def _race(
         else:
             tasks.append(asyncio.ensure_future(awaitable))
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        async with waits.blocked():
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        index = _first(tasks, branches, done)
+        winner = tasks[index]
+        await _cancel([t for t in tasks if t is not winner])
     except BaseException:
         await _cancel(tasks)
         raise
-    index = _first(tasks, branches, done)
-    winner = tasks[index]
-    await _cancel([t for t in tasks if t is not winner])
+    finally:
+        counted = sum(1 for branch in branches if branch.counted)
+        for branch in branches:
+            branch.counted = False
+        if counted:
+            waits.release_activity(counted)
     for i, branch in enumerate(branches):
         if i != index:
             if branch.release is not None and tasks[i].done() and not tasks[i].cancelled():

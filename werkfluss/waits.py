@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from werkfluss import telemetry
+from werkfluss import context, telemetry
 from werkfluss.errors import DatabaseError, LeaseLost
 
 if TYPE_CHECKING:
@@ -81,9 +81,34 @@ class WaitSet:
         try:
             yield
         finally:
-            self._active -= 1
-            if self._active == 0 and self._waiters:
-                self._schedule_check()
+            self.release_activity()
+
+    @asynccontextmanager
+    async def blocked(self) -> AsyncIterator[None]:
+        """The current task waits passively. A race branch counts as activity
+        except while blocked like this — so a branch that finished keeps the
+        run from being suspended until its race has taken the outcome."""
+        branch = context._race_branch.get()
+        counted = branch is not None and branch.counted
+        if counted:
+            assert branch is not None
+            branch.counted = False
+            self.release_activity()
+        try:
+            yield
+        finally:
+            if counted:
+                assert branch is not None
+                branch.counted = True
+                self._active += 1
+
+    def add_activity(self, n: int = 1) -> None:
+        self._active += n
+
+    def release_activity(self, n: int = 1) -> None:
+        self._active -= n
+        if self._active == 0 and self._waiters:
+            self._schedule_check()
 
     # --- inputs --------------------------------------------------------------------------
 
@@ -134,7 +159,8 @@ class WaitSet:
         self._waiters.add(waiter)
         self._schedule_check()
         try:
-            await waiter.future
+            async with self.blocked():
+                await waiter.future
         finally:
             self._waiters.discard(waiter)
             if timer is not None:
