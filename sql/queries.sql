@@ -15,6 +15,10 @@ CREATE TABLE IF NOT EXISTS werkfluss.migrations (
 -- Serialize concurrent migrators for the rest of the transaction.
 SELECT pg_advisory_xact_lock(%(key)s);
 
+-- name: migrations_table_exists
+-- Whether the migrations bookkeeping table is there yet.
+SELECT to_regclass('werkfluss.migrations') IS NOT NULL AS exists;
+
 -- name: migrations_applied
 -- Versions already applied, if the bookkeeping table exists.
 SELECT version, name FROM werkfluss.migrations ORDER BY version;

@@ -5,6 +5,7 @@
     python -m werkfluss runs [--status failed] [--workflow NAME] [--limit 20] [--json]
     python -m werkfluss show RUN_ID [--json]
     python -m werkfluss start NAME '["user-123"]' [--run-id ID] [--timeout 1h] [--wait]
+    python -m werkfluss send TOKEN '{"approved": true}'
     python -m werkfluss cancel RUN_ID
 
 Every command takes ``--dsn`` (default: ``$WERKFLUSS_DATABASE_URL``, else the
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -141,10 +143,20 @@ async def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
     if args.wait:
         try:
             result = await handle.result(timeout=args.wait_timeout)
-        except (RunFailed, RunCancelled) as err:
-            print(str(err), file=sys.stderr)
+        except (RunFailed, RunCancelled, TimeoutError) as err:
+            print(f"werkfluss: {err}", file=sys.stderr)
             return 1
         print(_dump(result))
+    return 0
+
+
+async def cmd_send(engine: Engine, args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as err:
+        raise InvalidArgument(f"JSON must be a JSON value, e.g. '{{\"approved\": true}}': {err}") from None
+    await engine.send(args.token, payload)
+    print("delivered")
     return 0
 
 
@@ -169,7 +181,9 @@ def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dsn", help="PostgreSQL URL (default: $WERKFLUSS_DATABASE_URL, else embedded)")
     common.add_argument("--log-format", choices=("console", "json"), default="console")
-    common.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    common.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default=os.environ.get("WERKFLUSS_LOG_LEVEL", "warning").lower(),
+                        help="default: $WERKFLUSS_LOG_LEVEL, else warning")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("migrate", parents=[common], help="create or update the werkfluss schema")
@@ -194,6 +208,11 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--wait", action="store_true", help="wait for the result and print it")
     start.add_argument("--wait-timeout", type=float, default=None)
 
+    send = sub.add_parser("send", parents=[common], help="deliver a payload to a hook")
+    send.add_argument("token", metavar="TOKEN")
+    send.add_argument("payload", metavar="JSON", nargs="?", default="null",
+                      help="the payload as JSON (default null)")
+
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a run")
     cancel.add_argument("run_id", metavar="RUN")
     return p
@@ -204,6 +223,7 @@ COMMANDS = {
     "runs": cmd_runs,
     "show": cmd_show,
     "start": cmd_start,
+    "send": cmd_send,
     "cancel": cmd_cancel,
 }
 

@@ -142,9 +142,9 @@ class Connector:
             "connect_timeout": max(1, int(self._connect_timeout)),
         }
 
-    async def _connect(self) -> psycopg.AsyncConnection[Row]:
+    async def _connect(self, dsn: str | None = None) -> psycopg.AsyncConnection[Row]:
         try:
-            conn = await psycopg.AsyncConnection.connect(self.dsn, **self._connect_kwargs())
+            conn = await psycopg.AsyncConnection.connect(dsn or self.dsn, **self._connect_kwargs())
         except psycopg.Error as err:
             raise self._unavailable(err) from None
         await _configure(conn)
@@ -218,7 +218,7 @@ class Connector:
 
     @asynccontextmanager
     async def listening(
-        self, channels: Sequence[str], *, keepalive: float = 30.0
+        self, channels: Sequence[str], *, keepalive: float = 30.0, dsn: str | None = None
     ) -> AsyncIterator[AsyncIterator[Notification]]:
         """A dedicated connection (never pooled) that LISTENs on ``channels``.
 
@@ -226,9 +226,9 @@ class Connector:
         :class:`DatabaseUnavailable` when the connection is lost; it checks the
         connection every ``keepalive`` seconds while nothing arrives.
         LISTEN needs a direct connection: it does not work through PgBouncer in
-        transaction mode.
+        transaction mode: pass ``dsn`` for a direct connection then.
         """
-        conn = await self._connect()
+        conn = await self._connect(dsn)
         try:
             try:
                 for channel in channels:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 _execution: ContextVar[RunExecution | None] = ContextVar("werkfluss_execution", default=None)
 _step: ContextVar[StepInfo | None] = ContextVar("werkfluss_step", default=None)
 _race_branch: ContextVar[RaceBranch | None] = ContextVar("werkfluss_race_branch", default=None)
+# True inside a workflow called as a plain function (outside any run): its step
+# calls are awaited like in a run, so sync steps return awaitables there too.
+_plain_workflow: ContextVar[bool] = ContextVar("werkfluss_plain_workflow", default=False)
 
 
 class RaceBranch:

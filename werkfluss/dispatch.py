@@ -16,7 +16,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from werkfluss import serializer
 from werkfluss.connector import Connector
 from werkfluss.log import Lease
 
@@ -25,8 +24,8 @@ from werkfluss.log import Lease
 class ClaimedRun:
     run_id: str
     workflow: str
-    args: list[Any]
-    kwargs: dict[str, Any]
+    args: str  # JSON text
+    kwargs: str  # JSON text
     lease: Lease
     claims: int
     previous_worker_id: str | None
@@ -60,8 +59,8 @@ async def claim_runs(
         ClaimedRun(
             run_id=row["run_id"],
             workflow=row["workflow"],
-            args=serializer.loads(row["args"]),
-            kwargs=serializer.loads(row["kwargs"]),
+            args=row["args"],  # decoded by the execution: a bad value fails that run only
+            kwargs=row["kwargs"],
             lease=Lease(row["run_id"], str(row["lease_id"])),
             claims=row["claims"],
             previous_worker_id=row["previous_worker_id"],

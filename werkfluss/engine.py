@@ -28,6 +28,7 @@ from werkfluss.worker import Worker
 from werkfluss.workflows import Workflow
 
 ENV_DSN = "WERKFLUSS_DATABASE_URL"
+ENV_LISTEN_DSN = "WERKFLUSS_LISTEN_URL"
 
 
 class Engine:
@@ -40,6 +41,9 @@ class Engine:
             a LISTEN connection comes on top).
         result_poll_interval: how often ``handle.result()`` re-checks when no
             notification arrives (seconds, default 5).
+        listen_dsn: a direct connection for LISTEN when ``dsn`` goes through a
+            pooler in transaction mode (PgBouncer), where LISTEN does not work.
+            Default: ``$WERKFLUSS_LISTEN_URL``, else ``dsn``.
     """
 
     def __init__(
@@ -48,8 +52,10 @@ class Engine:
         *,
         pool_size: int = 10,
         result_poll_interval: float = 5.0,
+        listen_dsn: str | None = None,
     ) -> None:
         self._dsn = dsn or os.environ.get(ENV_DSN) or None
+        self._listen_dsn = listen_dsn or os.environ.get(ENV_LISTEN_DSN) or None
         self._pool_size = pool_size
         self.result_poll_interval = result_poll_interval
         self._connector: Connector | None = None
@@ -103,7 +109,7 @@ class Engine:
         """The engine's LISTEN connection, started on first use."""
         await self.open()
         if self._listener is None:
-            self._listener = Listener(self.connector)
+            self._listener = Listener(self.connector, dsn=self._listen_dsn)
         ok = await self._listener.start()
         if not ok and required:
             await self._listener.stop()

@@ -42,8 +42,9 @@ class Listener:
             await asyncio.wait_for(changed.wait(), timeout=5)
     """
 
-    def __init__(self, connector: Connector) -> None:
+    def __init__(self, connector: Connector, *, dsn: str | None = None) -> None:
         self._connector = connector
+        self._dsn = dsn
         self._subscribers: dict[str, list[Callback]] = {channel: [] for channel in CHANNELS}
         self._run_watchers: dict[str, set[asyncio.Event]] = {}
         self._connected = asyncio.Event()
@@ -98,7 +99,7 @@ class Listener:
         attempt = 0
         while True:
             try:
-                async with self._connector.listening(CHANNELS) as notifications:
+                async with self._connector.listening(CHANNELS, dsn=self._dsn) as notifications:
                     self._connected.set()
                     if attempt or self.reconnects:
                         log.info("listener.reconnected")

@@ -26,7 +26,11 @@ async def migrate(connector: Connector) -> list[str]:
     applied_now: list[str] = []
     async with connector.transaction() as tx:
         await tx.fetch_all("migrations_lock", key=LOCK_KEY)
-        await tx.fetch_all("migrations_bootstrap")
+        # Only create the bookkeeping table when it is missing: a role without
+        # CREATE on the database can still run an up-to-date migrate.
+        (state,) = await tx.fetch_all("migrations_table_exists")
+        if not state["exists"]:
+            await tx.fetch_all("migrations_bootstrap")
         done = {row["version"] for row in await tx.fetch_all("migrations_applied")}
         for migration in load_migrations():
             if migration.version in done:

@@ -64,8 +64,8 @@ class RunExecution:
         *,
         run_id: str,
         workflow: Workflow[..., Any],
-        args: list[Any],
-        kwargs: dict[str, Any],
+        args: list[Any] | str,
+        kwargs: dict[str, Any] | str,
         lease: Lease,
         log: list[dict[str, Any]],
         recorder: Recorder,
@@ -254,9 +254,14 @@ class RunExecution:
 
     async def run(self) -> Outcome:
         """Run (or resume) the workflow to its outcome. Cancellation propagates."""
+        try:
+            args = serializer.loads(self.args) if isinstance(self.args, str) else self.args
+            kwargs = serializer.loads(self.kwargs) if isinstance(self.kwargs, str) else self.kwargs
+        except SerializationError as exc:
+            return self._failed(exc)
         token = context._execution.set(self)
         try:
-            value = await self.workflow.fn(*self.args, **self.kwargs)
+            value = await self.workflow.fn(*args, **kwargs)
             await self.before_durable()  # hook creations still in flight
         except asyncio.CancelledError:
             raise

@@ -64,11 +64,25 @@ class Step(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         execution = context.current_execution()
         if execution is None:
+            if context._plain_workflow.get():
+                return _plain_step(self, args, kwargs)
             return self.fn(*args, **kwargs)
         return execution.call_step(self, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<werkfluss step {self.name}>"
+
+
+async def _plain_step(step_: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # Called from a workflow that runs as a plain function: awaitable like in a
+    # run; inside the body, nested step calls are plain calls again.
+    token = context._plain_workflow.set(False)
+    try:
+        if step_.is_async:
+            return await step_.fn(*args, **kwargs)
+        return step_.fn(*args, **kwargs)
+    finally:
+        context._plain_workflow.reset(token)
 
 
 @overload

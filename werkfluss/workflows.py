@@ -38,11 +38,20 @@ class Workflow(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         execution = context.current_execution()
         if execution is None:
-            return self.fn(*args, **kwargs)
+            return _plain(self.fn, args, kwargs)
         return execution.call_child(self, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<werkfluss workflow {self.name}>"
+
+
+async def _plain(fn: Callable[..., Coroutine[Any, Any, R]], args: Any, kwargs: Any) -> R:
+    """A workflow called outside a run: the function itself, its steps awaited as plain calls."""
+    token = context._plain_workflow.set(True)
+    try:
+        return await fn(*args, **kwargs)
+    finally:
+        context._plain_workflow.reset(token)
 
 
 @overload

@@ -44,11 +44,19 @@ def test_sync_step_outside_a_run_returns_its_value_directly() -> None:
     assert add(2, 3) == 5
 
 
-async def test_workflow_outside_a_run_is_the_plain_coroutine_function() -> None:
+async def test_workflow_outside_a_run_is_a_plain_coroutine_function() -> None:
     result = greet("Bo")
     assert inspect.iscoroutine(result)
-    assert result.cr_code is greet.fn.__code__
     assert await result == "hello Bo"
+
+
+async def test_a_workflow_called_outside_a_run_can_await_its_sync_steps() -> None:
+    @workflow(name="tests.unit.plain_with_sync_step")
+    async def totals(a: int, b: int) -> int:
+        return await add(a, b) * 10
+
+    assert await totals(2, 3) == 50
+    assert add(2, 3) == 5  # and a direct call is still the plain function
 
 
 def test_step_info_outside_a_step_raises_not_in_run() -> None:

@@ -303,9 +303,10 @@ class Worker:
                     due = None
                     if len(claimed) < free:
                         due = await dispatch.seconds_until_due(connector, workflows=names)
-                except DatabaseError as err:
+                except Exception as err:  # the claim loop must outlive any single failure
                     if failures == 0:
-                        log.warning("worker.claim_failed", worker_id=self.worker_id, error=str(err))
+                        log.warning("worker.claim_failed", worker_id=self.worker_id, error=str(err),
+                                    error_type=type(err).__name__)
                     await sleep_backoff(failures)
                     failures += 1
                     continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import signal
 import sys
 import traceback
@@ -37,7 +38,13 @@ def parser() -> argparse.ArgumentParser:
                    help="serve only these workflows (repeatable; default: all registered)")
     p.add_argument("--migrate", action="store_true", help="apply migrations before starting")
     p.add_argument("--log-format", choices=("console", "json"), default="console")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   default=os.environ.get("WERKFLUSS_LOG_LEVEL", "info").lower(),
+                   help="default: $WERKFLUSS_LOG_LEVEL, else info")
+    p.add_argument("--pool-size", type=int, default=10,
+                   help="database connections in the pool (default 10; LISTEN uses one more)")
+    p.add_argument("--listen-dsn", help="direct connection for LISTEN when --dsn goes through "
+                   "PgBouncer in transaction mode (default: $WERKFLUSS_LISTEN_URL, else --dsn)")
     return p
 
 
@@ -61,7 +68,7 @@ def import_apps(modules: list[str]) -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     log = telemetry.logger()
-    async with Engine(args.dsn) as engine:
+    async with Engine(args.dsn, pool_size=args.pool_size, listen_dsn=args.listen_dsn) as engine:
         if args.migrate:
             await engine.migrate()
         worker = engine.worker(
