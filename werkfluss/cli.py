@@ -1,7 +1,7 @@
 """``python -m werkfluss <command>``: operate werkfluss from a shell.
 
     python -m werkfluss migrate [--dsn URL]
-    python -m werkfluss demo
+    python -m werkfluss demo [onboard|approval]
     python -m werkfluss runs [--status failed] [--workflow NAME] [--limit 20] [--json]
     python -m werkfluss show RUN_ID [--json]
     python -m werkfluss start NAME '["user-123"]' [--run-id ID] [--timeout 1h] [--wait]
@@ -52,16 +52,20 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def format_steps(steps: Sequence[StepRecord]) -> str:
+    """The log as a table (steps, and sleeps, hooks, payloads, child runs, races)."""
     rows = []
     for s in steps:
         duration = (
             f"{(s.finished_at - s.started_at).total_seconds() * 1000:.1f} ms"
-            if s.started_at else None
+            if s.started_at and s.kind == "step" else None
         )
         outcome = s.output if s.status == "completed" else (s.error or {}).get("message")
         args = s.input.get("args") if isinstance(s.input, dict) else s.input
-        rows.append([s.seq, s.name.rsplit(".", 1)[-1], s.status, s.attempts, duration, args, outcome])
-    return format_table(["seq", "step", "status", "attempts", "took", "input", "output / error"], rows)
+        name = s.name.rsplit(".", 1)[-1] if s.kind in ("step", "child") else s.name
+        rows.append([s.seq, s.kind, name, s.status, s.attempts, duration, args, outcome])
+    return format_table(
+        ["seq", "kind", "name", "status", "attempts", "took", "input", "output / error"], rows
+    )
 
 
 def format_runs(runs: Sequence[RunInfo]) -> str:
@@ -109,7 +113,7 @@ async def cmd_runs(engine: Engine, args: argparse.Namespace) -> int:
 async def cmd_show(engine: Engine, args: argparse.Namespace) -> int:
     handle = engine.handle(args.run_id)
     info = await handle.info()
-    steps = await handle.steps()
+    steps = await handle.log()
     if args.json:
         out = _run_json(info)
         out["steps"] = [s.__dict__ for s in steps]
@@ -167,9 +171,12 @@ async def cmd_cancel(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(engine: Engine | None, args: argparse.Namespace) -> int:
-    from werkfluss.demo import run_demo
+    from werkfluss.demo import run_approval_demo, run_demo
 
-    await run_demo(args.dsn)
+    if args.name == "approval":
+        await run_approval_demo(args.dsn, interactive=args.interactive)
+    else:
+        await run_demo(args.dsn)
     return 0
 
 
@@ -187,7 +194,10 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("migrate", parents=[common], help="create or update the werkfluss schema")
-    sub.add_parser("demo", parents=[common], help="run the demo (embedded PostgreSQL by default)")
+    demo = sub.add_parser("demo", parents=[common], help="run a demo (embedded PostgreSQL by default)")
+    demo.add_argument("name", nargs="?", default="onboard", choices=("onboard", "approval"))
+    demo.add_argument("--interactive", action="store_true",
+                      help="approval: wait for you to send the approval yourself")
 
     runs = sub.add_parser("runs", parents=[common], help="list recent runs")
     runs.add_argument("--status", choices=STATUSES)

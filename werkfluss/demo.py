@@ -1,4 +1,6 @@
-"""``python -m werkfluss demo``: the example werkfluss grew from, then a crash.
+"""``python -m werkfluss demo [onboard|approval]``: werkfluss in a few seconds.
+
+``demo`` (or ``demo onboard``): the example werkfluss grew from, then a crash.
 
 1. A run of ``onboard("user-123")`` — fetch the user's data, save it, send an
    email, return ``"done"`` — executed by a worker in this process; its log
@@ -8,6 +10,11 @@
    flight. Another worker takes the run over when the lease runs out and
    finishes it: ``fetch_data`` and ``save_data`` return their recorded results
    and are not executed again; only ``send_email`` runs again.
+
+``demo approval``: a run waits on a hook (holding no worker), is approved
+from the command line (``python -m werkfluss send``), and races a timeout;
+a second run gets no answer and the timeout wins. ``--interactive`` waits
+for you to send the approval yourself.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ import os
 import signal
 import sys
 import time
+import uuid
 
-from werkfluss import Engine, step, workflow
+from werkfluss import Engine, hook, race, sleep, step, workflow
 from werkfluss.runs import RunHandle
 
 STEP_SECONDS = float(os.environ.get("WERKFLUSS_DEMO_STEP_SECONDS", "0.3"))
@@ -61,7 +69,7 @@ async def onboard(user_id: str) -> str:
 async def print_log(handle: RunHandle) -> None:
     from werkfluss.cli import format_steps
 
-    print(format_steps(await handle.steps()))
+    print(format_steps(await handle.log()))
 
 
 async def _wait_for_steps(handle: RunHandle, count: int, timeout: float) -> None:
@@ -111,3 +119,77 @@ async def run_demo(dsn: str | None = None) -> None:
         first, second = steps[0].output["executed_by"], steps[-1].output["executed_by"]
         print(f"  fetch_data and save_data ran once, in process {first}; only send_email ran "
               f"again, in process {second}.")
+
+
+# --- python -m werkfluss demo approval ------------------------------------------------
+
+
+@step
+async def request_approval(order_id: str, token: str) -> str:
+    print(f"    approval requested for {order_id}; to approve, run:", flush=True)
+    print(f"      python -m werkfluss send '{token}' '{{\"approved\": true}}'", flush=True)
+    return token
+
+
+@step
+async def fulfil(order_id: str, decision: dict) -> str:
+    return f"{order_id} shipped (approved by {decision.get('by', 'someone')})"
+
+
+@step
+async def reject(order_id: str, reason: str) -> str:
+    return f"{order_id} not shipped: {reason}"
+
+
+@workflow(name="werkfluss.demo.approve_order")
+async def approve_order(order_id: str, wait_seconds: float) -> str:
+    approval = hook(token=f"{order_id}:approval")
+    await request_approval(order_id, approval.token)
+    index, decision = await race(approval.wait(), sleep(wait_seconds))
+    if index == 1:
+        return await reject(order_id, f"no approval within {wait_seconds:g}s")
+    if not decision.get("approved"):
+        return await reject(order_id, "rejected")
+    return await fulfil(order_id, decision)
+
+
+async def _wait_for_status(handle: RunHandle, status: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while await handle.status() != status:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the demo run did not become {status} in {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def run_approval_demo(dsn: str | None = None, *, interactive: bool = False) -> None:
+    print("werkfluss demo: approval")
+    suffix = uuid.uuid4().hex[:6]
+    async with Engine(dsn) as engine:
+        print(f"  database: {'the embedded PostgreSQL' if engine.embedded else engine.connector.description}")
+        await engine.migrate()
+        assert engine.dsn is not None
+        async with engine.worker(concurrency=4, workflows=[approve_order]):
+            order = f"order-{suffix}-1"
+            wait_seconds = 120.0 if interactive else 30.0
+            print(f"\n1. {order} waits for an approval (racing a {wait_seconds:g}s timeout)")
+            handle = await engine.start(approve_order, order, wait_seconds)
+            await _wait_for_status(handle, "waiting", timeout=30)
+            info = await handle.info()
+            print(f"  run {handle.run_id} is {info.status} on {info.waiting_on}; it holds no worker")
+            if interactive:
+                print("  waiting for you to run the command above ...")
+            else:
+                print("  approving it from the command line:")
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "werkfluss", "send", f"{order}:approval",
+                    '{"approved": true, "by": "the demo"}', "--dsn", engine.dsn,
+                )
+                await proc.wait()
+            print(f"  result: {await handle.result(timeout=wait_seconds + 30)!r}")
+            await print_log(handle)
+
+            order = f"order-{suffix}-2"
+            print(f"\n2. {order}: nobody answers, and the 2s timeout wins the race")
+            handle = await engine.start(approve_order, order, 2.0)
+            print(f"  result: {await handle.result(timeout=60)!r}")
+            await print_log(handle)
