@@ -180,7 +180,12 @@ class Worker:
         log = telemetry.logger()
         log.info("worker.stopping", worker_id=self.worker_id, running=len(self._held))
         claimer, renewer = self._tasks
-        claimer.cancel()
+        # Let the claim loop finish its round trip rather than cancel it mid-query.
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(claimer), timeout=5)
+        except TimeoutError:
+            claimer.cancel()
         grace_s = self.shutdown_grace if grace is None else parse_duration(grace, what="grace")
         for held in self._held.values():
             held.execution.stopping = True
@@ -414,11 +419,12 @@ class Worker:
             if execution.children_started or execution.halted == "timed_out":
                 await self._cancel_children(run_id)
         finally:
+            was_full = len(self._held) >= self.concurrency
             held = self._held.pop(run_id, None)
             if held is not None and held.deadline_timer is not None:
                 held.deadline_timer.cancel()
-            if self._maybe_more:
-                self._wake.set()
+            if self._maybe_more or was_full:
+                self._wake.set()  # a slot is free: there may be work we could not take
 
     async def _cancel_children(self, run_id: str) -> None:
         """A run that ended leaves no child running (children are cancelled)."""
