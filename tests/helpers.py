@@ -17,7 +17,9 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 
 # Every werkfluss table a test may leave rows in (emptied before each test).
-TABLES = ("werkfluss.runs", "werkfluss.events", "werkfluss.queue")
+TABLES = (
+    "werkfluss.runs", "werkfluss.events", "werkfluss.queue", "werkfluss.hooks", "werkfluss.hook_payloads",
+)
 
 
 async def wait_until(
