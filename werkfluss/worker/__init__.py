@@ -383,13 +383,17 @@ class Worker:
         run_id = execution.run_id
         started = time.monotonic()
         try:
-            try:
-                outcome = await execution.run()
-            except asyncio.CancelledError:
-                if execution.halted != "timed_out":
-                    self._after_halt(execution)
-                    return
+            if execution.deadline is not None and execution.deadline <= dt.datetime.now(dt.UTC):
+                execution.halted = "timed_out"  # past its deadline already: do not start it
                 outcome = _timed_out(execution)
+            else:
+                try:
+                    outcome = await execution.run()
+                except asyncio.CancelledError:
+                    if execution.halted != "timed_out":
+                        self._after_halt(execution)
+                        return
+                    outcome = _timed_out(execution)
             held = self._held.get(run_id)
             if held is not None:
                 held.finishing = True
