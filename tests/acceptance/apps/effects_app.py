@@ -11,7 +11,7 @@ import time
 
 import psycopg
 
-from werkfluss import step, step_info, workflow
+from werkfluss import hook, race, sleep, step, step_info, workflow
 
 EFFECTS_DDL = """
 CREATE TABLE IF NOT EXISTS test_effects (
@@ -63,3 +63,19 @@ async def one_step(seconds: float) -> str:
 @workflow(name="tests.effects.two_steps")
 async def two_steps(first_seconds: float) -> list[str]:
     return [await effect("first", first_seconds), await effect("second", 0)]
+
+
+@workflow(name="tests.effects.race_then_work")
+async def race_then_work(token: str) -> list[object]:
+    approval = hook(token=token)
+    index, value = await race(approval.wait(), sleep(0.3))
+    await effect("after-race", 1.0)
+    return [index, value]
+
+
+@workflow(name="tests.effects.nap")
+async def nap(seconds: float) -> str:
+    await effect("before", 0)
+    await sleep(seconds)
+    await effect("after", 0)
+    return "rested"
