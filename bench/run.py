@@ -18,6 +18,12 @@ Workloads (each repetition in a fresh process against a fresh database):
   write transactions and WAL bytes per step.
 * ``w1proc`` — the same with the worker in a separate process.
 * ``w3`` — 20 sequential runs that gather 100 steps each: steps/s.
+* ``wake`` — pick-up delay of due sleeping runs: 200 runs started 10 ms
+  apart, each sleeps 1 s then runs a step, served by a worker process
+  (concurrency 32): p50/p99 of (step start - recorded wake-up time).
+* ``sleepers`` — 10,000 runs that sleep for an hour, claimed and suspended
+  by one worker process: how long until all sleep, and the worker's memory
+  and CPU once they do (what sleeping runs cost a worker).
 
 Needs a PostgreSQL server on which databases can be created:
 ``$BENCH_DSN`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``).
@@ -49,7 +55,7 @@ ROOT = HERE.parent
 PEERS = ROOT.parent / "shared" / "peer-bench"
 SERVER_DSN = os.environ.get("BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-WORKLOADS = ("w2proc", "w2", "w1", "w1proc", "w3")
+WORKLOADS = ("w2proc", "w2", "w1", "w1proc", "w3", "wake", "sleepers")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -204,6 +210,73 @@ async def w3(dsn: str, runs: int) -> dict[str, Any]:
             **per_step(before, after, runs * FANOUT)}
 
 
+async def wake(dsn: str, runs: int) -> dict[str, Any]:
+    from bench.workloads import nap_then_step
+    from werkfluss import Engine
+
+    async with Engine(dsn) as engine:
+        proc = WorkerProcess(dsn, 32)
+        try:
+            await (await engine.start(nap_then_step, 0)).result(timeout=60)  # the worker is up
+            handles = []
+            for _ in range(runs):
+                handles.append(await engine.start(nap_then_step, 1.0))
+                await asyncio.sleep(0.01)
+            await asyncio.gather(*(h.result(timeout=120) for h in handles))
+        finally:
+            proc.stop()
+        delays = []
+        for handle in handles:
+            log = await handle.log()
+            wake_at = dt.datetime.fromisoformat(log[0].output["wake_at"])
+            started = log[1].started_at
+            assert started is not None
+            delays.append((started - wake_at).total_seconds())
+    return {"runs": runs, **ms(delays), "max_ms": round(max(delays) * 1000, 3)}
+
+
+def _rss_and_cpu(pid: int) -> tuple[float, float]:
+    """(resident MiB, CPU seconds used so far) of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+
+async def sleepers(dsn: str, runs: int) -> dict[str, Any]:
+    from bench.workloads import nap_then_step
+    from werkfluss import Engine
+
+    async with Engine(dsn) as engine:
+        for _ in range(runs // 1000):
+            await asyncio.gather(*(engine.start(nap_then_step, 3600) for _ in range(1000)))
+        proc = WorkerProcess(dsn, 32)
+        try:
+            t0 = time.perf_counter()
+            while True:
+                rows = await engine.connector.fetch_all("list_runs", status="sleeping", workflow=None,
+                                                        limit=runs)
+                if len(rows) == runs:
+                    break
+                await asyncio.sleep(0.05)
+            all_asleep_s = time.perf_counter() - t0
+            await asyncio.sleep(1.0)
+            rss, cpu_before = _rss_and_cpu(proc.proc.pid)
+            await asyncio.sleep(10.0)  # ten idle seconds with every run asleep
+            _, cpu_after = _rss_and_cpu(proc.proc.pid)
+        finally:
+            proc.stop()
+    return {
+        "runs": runs,
+        "all_asleep_s": round(all_asleep_s, 3),
+        "suspends_per_s": round(runs / all_asleep_s, 1),
+        "worker_rss_mib": round(rss, 1),
+        "idle_cpu_pct": round((cpu_after - cpu_before) / 10.0 * 100, 2),
+    }
+
+
 async def measure(workload: str, dsn: str, quick: bool) -> dict[str, Any]:
     from werkfluss import Engine
 
@@ -213,6 +286,10 @@ async def measure(workload: str, dsn: str, quick: bool) -> dict[str, Any]:
         return await w2(dsn, 20 if quick else 200, separate_process=workload == "w2proc")
     if workload in ("w1", "w1proc"):
         return await w1(dsn, 100 if quick else 1000, separate_process=workload == "w1proc")
+    if workload == "wake":
+        return await wake(dsn, 20 if quick else 200)
+    if workload == "sleepers":
+        return await sleepers(dsn, 1000 if quick else 10000)
     return await w3(dsn, 3 if quick else 20)
 
 
@@ -232,6 +309,11 @@ FIGURES = {
                ("runs_per_s", "chain10 x1000, c=32, worker process", "runs/s")],
     "w3": [("steps_per_s", "fanout100 x20, sequential", "steps/s"),
            ("wall_s", "fanout100 x20, sequential", "s")],
+    "wake": [("p50_ms", "due sleeping run: wake time -> step start, p50", "ms"),
+             ("p99_ms", "due sleeping run: wake time -> step start, p99", "ms")],
+    "sleepers": [("all_asleep_s", "10,000 runs claimed and put to sleep", "s"),
+                 ("worker_rss_mib", "worker memory with 10,000 runs asleep", "MiB"),
+                 ("idle_cpu_pct", "worker CPU with 10,000 runs asleep", "%")],
 }
 
 

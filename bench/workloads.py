@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from werkfluss import step, workflow
+from werkfluss import sleep, step, workflow
 
 CHAIN_STEPS = 10
 FANOUT = 100
@@ -31,3 +31,9 @@ async def one_step() -> dict:
 async def fanout100() -> int:
     results = await asyncio.gather(*(noop(i) for i in range(FANOUT)))
     return len(results)
+
+
+@workflow(name="bench.nap_then_step")
+async def nap_then_step(seconds: float) -> dict:
+    await sleep(seconds)
+    return await noop(1)
