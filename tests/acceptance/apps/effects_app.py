@@ -79,3 +79,13 @@ async def nap(seconds: float) -> str:
     await sleep(seconds)
     await effect("after", 0)
     return "rested"
+
+
+@workflow(name="tests.effects.chaos")
+async def chaos(n: int) -> str:
+    await effect(f"chaos-{n}-a", 0.05)
+    await effect(f"chaos-{n}-b", 0.05)
+    await sleep(0.2)
+    await effect(f"chaos-{n}-c", 0.05)
+    await effect(f"chaos-{n}-d", 0)
+    return f"chaos-{n}-done"
