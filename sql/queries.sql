@@ -104,10 +104,11 @@ WITH picked AS (
 )
 SELECT s.id AS run_id, s.workflow, s.args, s.kwargs, s.deadline, s.parent_id,
        l.lease_id, l.claims, l.previous_lease_id, l.previous_worker_id,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object(
+       -- json, not jsonb: recorded results keep their key order.
+       (SELECT coalesce(json_agg(json_build_object(
                    'seq', e.seq, 'kind', e.kind, 'name', e.name, 'status', e.status,
                    'output', e.output, 'error', e.error,
-                   'finished_at', e.finished_at) ORDER BY e.seq), '[]'::jsonb)
+                   'finished_at', e.finished_at) ORDER BY e.seq), '[]'::json)
           FROM werkfluss.events e
          WHERE e.run_id = s.id) AS log,
        -- Read in the statement's snapshot, like the inbox and the children:
@@ -162,7 +163,7 @@ WITH batch AS (
     SELECT *
       FROM unnest(%(run_ids)s::text[], %(lease_ids)s::uuid[], %(seqs)s::integer[],
                   %(kinds)s::text[], %(names)s::text[], %(statuses)s::text[],
-                  %(inputs)s::jsonb[], %(outputs)s::jsonb[], %(errors)s::jsonb[],
+                  %(inputs)s::jsonb[], %(outputs)s::json[], %(errors)s::jsonb[],
                   %(attempts)s::integer[], %(started_ats)s::timestamptz[],
                   %(finished_ats)s::timestamptz[], %(consumes)s::bigint[])
            AS b(run_id, lease_id, seq, kind, name, status, input, output, error,
@@ -211,23 +212,30 @@ WITH batch AS (
     INSERT INTO werkfluss.hooks (token, run_id, seq, multi)
     SELECT token, run_id, seq, multi FROM fenced
         ON CONFLICT (token) DO NOTHING
-    RETURNING token
+    RETURNING token, run_id, seq
+), owners AS (
+    -- Who owns each token: an earlier run (visible) or a row this statement inserted.
+    SELECT f.token, coalesce(
+               (SELECT h.run_id FROM werkfluss.hooks h WHERE h.token = f.token),
+               (SELECT c.run_id FROM created c WHERE c.token = f.token)) AS owner
+      FROM fenced f
 ), recorded AS (
     INSERT INTO werkfluss.events (run_id, seq, kind, name, status, output, error, started_at, finished_at)
     SELECT f.run_id, f.seq, 'hook', f.token,
            CASE WHEN c.token IS NULL THEN 'failed' ELSE 'completed' END,
            CASE WHEN c.token IS NULL THEN NULL
-                ELSE jsonb_build_object('token', f.token, 'multi', f.multi) END,
+                ELSE json_build_object('token', f.token, 'multi', f.multi) END,
            CASE WHEN c.token IS NULL THEN jsonb_build_object(
                     'type', 'werkfluss.errors.HookConflict',
                     'class', 'werkfluss.errors:HookConflict',
                     'message', format('hook token %%s is already used by run %%s; choose a token unique to this run',
-                                      f.token, (SELECT h.run_id FROM werkfluss.hooks h WHERE h.token = f.token)),
-                    'args', jsonb_build_array(f.token, (SELECT h.run_id FROM werkfluss.hooks h WHERE h.token = f.token)))
+                                      f.token, o.owner),
+                    'args', jsonb_build_array(f.token, o.owner))
            END,
            f.at, f.at
       FROM fenced f
-      LEFT JOIN created c ON c.token = f.token
+      LEFT JOIN created c ON c.token = f.token AND c.run_id = f.run_id AND c.seq = f.seq
+      JOIN (SELECT DISTINCT token, owner FROM owners) o ON o.token = f.token
         ON CONFLICT (run_id, seq) DO NOTHING
     RETURNING run_id, seq, status, error
 )
@@ -258,7 +266,7 @@ WITH batch AS (
     INSERT INTO werkfluss.events (run_id, seq, kind, name, status, input, output, started_at, finished_at)
     SELECT b.run_id, b.seq, 'child', b.workflow, 'completed',
            jsonb_build_object('args', b.args, 'kwargs', b.kwargs),
-           jsonb_build_object('run_id', b.child_id), b.at, b.at
+           json_build_object('run_id', b.child_id), b.at, b.at
       FROM batch b
      WHERE EXISTS (SELECT 1 FROM werkfluss.queue q
                     WHERE q.run_id = b.run_id AND q.lease_id = b.lease_id

@@ -35,6 +35,7 @@ def call_child(
     execution: RunExecution, workflow: Workflow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     seq, recorded = execution.next_seq("child", workflow.name)
+    execution.children_started = True  # the run cancels unfinished children when it ends
     return execution.register_call(_child(execution, seq, recorded, workflow, args, kwargs), seq)
 
 
@@ -59,7 +60,6 @@ async def _child(
         await execution.write(execution.recorder.start_child(
             lease, seq, child_id, workflow.name, args_json, kwargs_json, utcnow()
         ))
-        execution.children_started = True
     branch = context.race_branch_for(seq)
     if branch is not None:
         branch.child_id = child_id

@@ -126,8 +126,7 @@ async def run_demo(dsn: str | None = None) -> None:
 
 @step
 async def request_approval(order_id: str, token: str) -> str:
-    print(f"    approval requested for {order_id}; to approve, run:", flush=True)
-    print(f"      python -m werkfluss send '{token}' '{{\"approved\": true}}'", flush=True)
+    print(f"    approval requested for {order_id} (hook token {token!r})", flush=True)
     return token
 
 
@@ -177,7 +176,9 @@ async def run_approval_demo(dsn: str | None = None, *, interactive: bool = False
             info = await handle.info()
             print(f"  run {handle.run_id} is {info.status} on {info.waiting_on}; it holds no worker")
             if interactive:
-                print("  waiting for you to run the command above ...")
+                dsn_arg = "" if engine.embedded else f" --dsn '{engine.dsn}'"
+                print("  approve it from another shell, within two minutes:")
+                print(f"    python -m werkfluss send '{order}:approval' '{{\"approved\": true}}'{dsn_arg}")
             else:
                 print("  approving it from the command line:")
                 proc = await asyncio.create_subprocess_exec(

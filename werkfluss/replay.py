@@ -33,7 +33,7 @@ from werkfluss.errors import DatabaseError, LeaseLost, NonDeterminismError, Seri
 from werkfluss.failures import error_json, error_record, rebuild_exception, type_name
 from werkfluss.log import EventRecord, Lease, Recorder
 from werkfluss.steps import Step, run_attempts
-from werkfluss.waits import WaitSet
+from werkfluss.waits import WaitSet, parse_time
 
 if TYPE_CHECKING:
     from werkfluss.workflows import Workflow
@@ -99,6 +99,7 @@ class RunExecution:
         self.stopping = False  # set by the worker: release at the next step boundary
         self.steps_run = 0
         self.children_started = False
+        self.done = False  # the workflow function has returned or raised
 
     # --- sequence numbers and the log ------------------------------------------------
 
@@ -109,6 +110,7 @@ class RunExecution:
         """
         self._seq += 1
         seq = self._seq
+        self.waits.note_progress()
         recorded = self._log.get(seq)
         if recorded is not None and (
             recorded["kind"] != kind or (name is not None and recorded["name"] != name)
@@ -211,6 +213,9 @@ class RunExecution:
     ) -> Any:
         self.check(recorded)
         if recorded is not None:
+            branch = context.race_branch_for(seq)
+            if branch is not None and recorded.get("finished_at"):
+                branch.event_time = parse_time(recorded["finished_at"])
             if recorded["status"] == "completed":
                 return serializer.decode(recorded["output"])
             raise rebuild_exception(recorded["error"], where=f" for run {self.run_id} seq {seq}")
@@ -226,18 +231,17 @@ class RunExecution:
             outcome = await run_attempts(step, args, kwargs, info, self.executor)
         finished = utcnow()
         error = None if outcome.ok else error_record(outcome.error)  # type: ignore[arg-type]
+        await self.record(EventRecord(
+            seq=seq, kind="step", name=step.name,
+            status="completed" if outcome.ok else "failed",
+            input=input_json, output=outcome.output,
+            error=None if error is None else json.dumps(error, ensure_ascii=False),
+            attempts=outcome.attempts, started_at=started, finished_at=finished,
+        ))
+        self.steps_run += 1
         branch = context.race_branch_for(seq)
-        if branch is None:
-            await self.record(EventRecord(
-                seq=seq, kind="step", name=step.name,
-                status="completed" if outcome.ok else "failed",
-                input=input_json, output=outcome.output,
-                error=None if error is None else json.dumps(error, ensure_ascii=False),
-                attempts=outcome.attempts, started_at=started, finished_at=finished,
-            ))
-            self.steps_run += 1
-        else:
-            branch.event_time = finished  # the race records the winner
+        if branch is not None:
+            branch.event_time = finished  # for the race: when this branch finished
         log = telemetry.logger()
         if outcome.ok:
             if telemetry.debug_enabled():
@@ -268,6 +272,7 @@ class RunExecution:
         except Exception as exc:
             return self._failed(self.nondeterminism or exc)
         finally:
+            self.done = True
             context._execution.reset(token)
         if self.nondeterminism is not None:
             return self._failed(self.nondeterminism)

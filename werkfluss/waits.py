@@ -69,6 +69,9 @@ class WaitSet:
         self._waiters: set[Waiter] = set()
         self._active = 0
         self._check_scheduled = False
+        self._progress = 0
+        self._seen_progress = 0
+        self._quiet_turns = 0
         self.suspending = False
         self._suspend_task: asyncio.Task[None] | None = None
 
@@ -77,6 +80,7 @@ class WaitSet:
     @asynccontextmanager
     async def active(self) -> AsyncIterator[None]:
         """Mark work in progress (a step body, a write): no suspension meanwhile."""
+        self._progress += 1
         self._active += 1
         try:
             yield
@@ -106,6 +110,7 @@ class WaitSet:
         self._active += n
 
     def release_activity(self, n: int = 1) -> None:
+        self._progress += 1
         self._active -= n
         if self._active == 0 and self._waiters:
             self._schedule_check()
@@ -146,6 +151,7 @@ class WaitSet:
         while True:
             value = ready()
             if value is not None:
+                self._progress += 1
                 return value
             await self._wait(kind, key)
 
@@ -162,42 +168,70 @@ class WaitSet:
             async with self.blocked():
                 await waiter.future
         finally:
+            self._progress += 1
             self._waiters.discard(waiter)
             if timer is not None:
                 timer.cancel()
 
     # --- suspension ----------------------------------------------------------------------
 
+    def note_progress(self) -> None:
+        """Something happened in the run (a call, a write, a wait began or ended)."""
+        self._progress += 1
+
+    def poke(self) -> None:
+        """Look again whether the run can be suspended (a periodic safety net)."""
+        if self._waiters and not self._active and not self.suspending:
+            self._schedule_check()
+
     def _schedule_check(self) -> None:
+        self._progress += 1
         if not self._check_scheduled:
             self._check_scheduled = True
+            self._quiet_turns = 0
+            self._seen_progress = self._progress
             asyncio.get_running_loop().call_soon(self._check)
 
     def _check(self) -> None:
-        self._check_scheduled = False
         execution = self._execution
-        if self.suspending or execution.halted or self._active or not self._waiters:
+        if self.suspending or execution.halted or execution.done or self._active or not self._waiters:
+            self._check_scheduled = False
             return
         if any(w.future.done() for w in self._waiters):
-            return  # a wait is about to continue
+            self._check_scheduled = False
+            return  # a wait is about to continue; it schedules a new check when it blocks again
+        # Only suspend once the run has been quiet for a few turns of the event
+        # loop: an outcome that is on its way to the workflow (a failed step
+        # that gather() is about to raise, say) must arrive first.
+        if self._progress != self._seen_progress or self._quiet_turns < _QUIET_TURNS:
+            if self._progress != self._seen_progress:
+                self._seen_progress = self._progress
+                self._quiet_turns = 0
+            else:
+                self._quiet_turns += 1
+            asyncio.get_running_loop().call_soon(self._check)
+            return
+        self._check_scheduled = False
         self.suspending = True
-        self._suspend_task = asyncio.get_running_loop().create_task(self._suspend())
-
-    async def _suspend(self) -> None:
-        execution = self._execution
+        # Decide on what is known now: inputs that arrive while the suspension
+        # is written raise the wake-up count above this one, so the database
+        # makes the run claimable again at once instead of losing them.
         timers = [w.key for w in self._waiters if w.kind == "timer"]
         events = sorted({f"{'hook' if w.kind == 'hook' else 'run'}:{w.key}"
                          for w in self._waiters if w.kind != "timer"})
-        wake_at = min(timers) if timers else None
+        self._suspend_task = asyncio.get_running_loop().create_task(
+            self._suspend(min(timers) if timers else None, events, self.seen_wakeups)
+        )
+
+    async def _suspend(self, wake_at: dt.datetime | None, events: list[str], wakeups: int) -> None:
+        execution = self._execution
         due_at = wake_at
         if execution.deadline is not None:
             due_at = execution.deadline if due_at is None else min(due_at, execution.deadline)
         status = "waiting" if events else "sleeping"
         waiting_on = ", ".join(events)[:1000] or None
         try:
-            await execution.recorder.suspend(
-                execution.lease, status, wake_at, due_at, waiting_on, self.seen_wakeups
-            )
+            await execution.recorder.suspend(execution.lease, status, wake_at, due_at, waiting_on, wakeups)
         except LeaseLost:
             reason = "lease_lost"
         except DatabaseError:
@@ -211,6 +245,9 @@ class WaitSet:
             execution.halt(reason)
         except asyncio.CancelledError:
             pass  # halt() raises for the workflow's benefit; here only its effect matters
+
+
+_QUIET_TURNS = 4
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -214,3 +214,57 @@ async def _is(handle: object, status: str) -> bool:
 
 async def _async(value: object) -> object:
     return value
+
+
+@workflow(name="tests.children.gather_fails")
+async def gather_fails() -> str:
+    try:
+        await asyncio.gather(child("slow-kid"), failing("now"))
+    except LookupError as err:
+        return f"failed fast: {err}"
+    return "no error"
+
+
+async def test_a_failing_step_gathered_with_a_child_fails_at_once(engine: Engine) -> None:
+    handle = await engine.start(gather_fails)
+    async with engine.worker(workflows=[gather_fails, child]):
+        assert await handle.result(timeout=10) == "failed fast: now not found"
+        kid = engine.handle(f"{handle.run_id}:1")
+        await wait_until(lambda: _is(kid, "cancelled"), message="child cancelled with its parent")
+
+
+@workflow(name="tests.children.napping_parent")
+async def napping_parent() -> str:
+    task = asyncio.ensure_future(child("left-behind"))
+    await sleep(0.05)  # the parent's next claim replays the child's start
+    task.cancel()
+    return "parent done"
+
+
+async def test_children_started_in_an_earlier_claim_are_cancelled_when_the_parent_ends(
+    engine: Engine,
+) -> None:
+    handle = await engine.start(napping_parent)
+    async with engine.worker(workflows=[napping_parent, child]):
+        assert await handle.result(timeout=10) == "parent done"
+        kid = engine.handle(f"{handle.run_id}:1")
+        await wait_until(lambda: _is(kid, "cancelled"), message="child cancelled with its parent")
+
+
+async def test_two_runs_claiming_one_token_in_one_batch_cannot_both_own_it(engine: Engine) -> None:
+    @workflow(name="tests.children.token_grab")
+    async def token_grab() -> object:
+        return await hook(token="contested").wait(timeout=30)
+
+    handles = await asyncio.gather(engine.start(token_grab), engine.start(token_grab))
+    async with engine.worker(workflows=[token_grab]):
+        outcomes = []
+        for h in handles:
+            try:
+                await h.result(timeout=1)
+                outcomes.append("completed")
+            except RunFailed as err:
+                outcomes.append(err.error_type)
+            except TimeoutError:
+                outcomes.append("waiting")
+    assert sorted(outcomes) == ["waiting", "werkfluss.errors.HookConflict"]

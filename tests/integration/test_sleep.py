@@ -158,3 +158,24 @@ async def _is(handle: object, status: str) -> bool:
 
 async def _async(value: object) -> object:
     return value
+
+
+@step
+async def unordered() -> dict[str, int]:
+    return {"zeta": 1, "a": 2, "mid": 3}
+
+
+@workflow(name="tests.sleep.key_order")
+async def key_order() -> list[str]:
+    data = await unordered()
+    await sleep(0.05)  # the rest runs as a replay on the next claim
+    return [await mark(key) for key in data]
+
+
+async def test_a_recorded_dict_keeps_its_key_order_on_replay(engine: Engine) -> None:
+    handle = await engine.start(key_order)
+    async with engine.worker(workflows=[key_order]):
+        assert await handle.result(timeout=10) == ["zeta", "a", "mid"]
+    assert CALLS == ["zeta", "a", "mid"]
+    assert (await handle.steps())[0].output == {"zeta": 1, "a": 2, "mid": 3}
+    assert list((await handle.steps())[0].output) == ["zeta", "a", "mid"]

@@ -110,6 +110,8 @@ class HeldRuns:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             held = {run_id: h for run_id, h in self._held.items() if not h.finishing}
+            for h in held.values():
+                h.execution.waits.poke()  # safety net: a run blocked on waits leaves
             if not held:
                 last_ok = time.monotonic()
                 continue
