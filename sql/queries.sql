@@ -111,39 +111,17 @@ SELECT s.id AS run_id, s.workflow, s.args, s.kwargs, s.deadline, s.parent_id,
                    'finished_at', e.finished_at) ORDER BY e.seq), '[]'::json)
           FROM werkfluss.events e
          WHERE e.run_id = s.id) AS log,
-       -- Read in the statement's snapshot, like the inbox and the children:
-       -- an event newer than what is read here shows as a higher count later.
-       (SELECT q.wakeups FROM werkfluss.queue q WHERE q.run_id = s.id) AS wakeups,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'id', p.id, 'token', p.token, 'payload', p.payload,
-                   'received_at', p.received_at) ORDER BY p.id), '[]'::jsonb)
-          FROM werkfluss.hooks h
-          JOIN werkfluss.hook_payloads p ON p.token = h.token AND p.consumed_seq IS NULL
-         WHERE h.run_id = s.id) AS inbox,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'run_id', c.id, 'status', c.status, 'result', c.result, 'error', c.error,
-                   'finished_at', c.finished_at)), '[]'::jsonb)
-          FROM werkfluss.runs c
-         WHERE c.parent_id = s.id AND c.status IN ('completed', 'failed', 'cancelled')) AS children
+       -- The statement's snapshot: an event newer than what is read here shows
+       -- as a higher wake-up count later (see suspend_runs).
+       i.wakeups, i.inbox, i.children
   FROM started s
-  JOIN leased l ON l.run_id = s.id;
+  JOIN leased l ON l.run_id = s.id
+ CROSS JOIN LATERAL werkfluss._run_inputs(s.id) AS i;
 
 -- name: run_inputs
 -- What may have unblocked a run this worker holds: its unconsumed hook
 -- payloads, its finished children, and the wake-up count (one snapshot).
-SELECT (SELECT q.wakeups FROM werkfluss.queue q WHERE q.run_id = %(run_id)s) AS wakeups,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'id', p.id, 'token', p.token, 'payload', p.payload,
-                   'received_at', p.received_at) ORDER BY p.id), '[]'::jsonb)
-          FROM werkfluss.hooks h
-          JOIN werkfluss.hook_payloads p ON p.token = h.token AND p.consumed_seq IS NULL
-         WHERE h.run_id = %(run_id)s) AS inbox,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'run_id', c.id, 'status', c.status, 'result', c.result, 'error', c.error,
-                   'finished_at', c.finished_at)), '[]'::jsonb)
-          FROM werkfluss.runs c
-         WHERE c.parent_id = %(run_id)s
-           AND c.status IN ('completed', 'failed', 'cancelled')) AS children;
+SELECT wakeups, inbox, children FROM werkfluss._run_inputs(%(run_id)s);
 
 -- name: next_due
 -- Seconds (by the server's clock) until the next run of these workflows
