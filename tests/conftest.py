@@ -27,7 +27,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from werkfluss import Engine
-from werkfluss.migrations import migrate
+from werkfluss.store.migrations import migrate
 
 from .helpers import TABLES
 
@@ -57,7 +57,7 @@ def pg_server() -> Iterator[str]:
         with PostgresContainer("postgres:16-alpine", driver=None) as container:
             yield container.get_connection_url()
         return
-    from werkfluss.embedded import EmbeddedServer
+    from werkfluss.store.embedded import EmbeddedServer
 
     with tempfile.TemporaryDirectory(prefix="werkfluss-test-pg-") as tmp:
         server = EmbeddedServer.start(Path(tmp) / "pgdata")

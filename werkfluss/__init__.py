@@ -17,7 +17,6 @@
             print(await handle.result())
 """
 
-from werkfluss.context import StepInfo, step_info
 from werkfluss.engine import Engine
 from werkfluss.errors import (
     ConfigurationError,
@@ -40,14 +39,15 @@ from werkfluss.errors import (
     UnknownWorkflowError,
     WerkflussError,
 )
-from werkfluss.hooks import Hook, hook
-from werkfluss.racing import race
 from werkfluss.runs import RunHandle, RunInfo, StepRecord
-from werkfluss.steps import step
+from werkfluss.runtime.context import StepInfo, step_info
+from werkfluss.runtime.hooks import Hook, hook
+from werkfluss.runtime.racing import race
+from werkfluss.runtime.steps import step
+from werkfluss.runtime.timers import sleep
+from werkfluss.runtime.workflows import workflow
 from werkfluss.telemetry import configure_logging
-from werkfluss.timers import sleep
 from werkfluss.worker import Worker
-from werkfluss.workflows import workflow
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 import sys
 
-from werkfluss.cli import main
+from werkfluss.cli.main import main
 
 sys.exit(main())

@@ -7,7 +7,7 @@
             print(await handle.result(timeout=60))
 
 ``Engine()`` with no DSN uses ``$WERKFLUSS_DATABASE_URL``, else starts the
-embedded PostgreSQL (see :mod:`werkfluss.embedded`).
+embedded PostgreSQL (see :mod:`werkfluss.store.embedded`).
 """
 
 from __future__ import annotations
@@ -17,15 +17,17 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from werkfluss import migrations, serializer, telemetry, workflows
-from werkfluss.connector import Connector
+from werkfluss import serializer, telemetry
 from werkfluss.durations import Duration, optional_duration
-from werkfluss.embedded import start_embedded
 from werkfluss.errors import HookRefused, InvalidArgument
-from werkfluss.listener import Listener
 from werkfluss.runs import STATUSES, RunHandle, RunInfo
+from werkfluss.runtime import workflows
+from werkfluss.runtime.workflows import Workflow
+from werkfluss.store import migrations
+from werkfluss.store.connector import Connector
+from werkfluss.store.embedded import start_embedded
+from werkfluss.store.listener import Listener
 from werkfluss.worker import Worker
-from werkfluss.workflows import Workflow
 
 ENV_DSN = "WERKFLUSS_DATABASE_URL"
 ENV_LISTEN_DSN = "WERKFLUSS_LISTEN_URL"

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from werkfluss import serializer
-from werkfluss.connector import Row
 from werkfluss.errors import RunCancelled, RunFailed, RunNotFound, WerkflussError
+from werkfluss.store.connector import Row
 
 if TYPE_CHECKING:
     from werkfluss.engine import Engine

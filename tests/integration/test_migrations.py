@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from werkfluss import Engine
-from werkfluss.migrations import check_schema
-from werkfluss.queries import load_migrations
+from werkfluss.store.migrations import check_schema
+from werkfluss.store.queries import load_migrations
 
 from ..helpers import run_cli, sql, sql_value
 

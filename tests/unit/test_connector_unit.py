@@ -1,10 +1,10 @@
-"""werkfluss.connector.describe_dsn: connection strings in messages, never with the password."""
+"""werkfluss.store.connector.describe_dsn: connection strings in messages, never with the password."""
 
 from __future__ import annotations
 
 import pytest
 
-from werkfluss.connector import Connector, describe_dsn
+from werkfluss.store.connector import Connector, describe_dsn
 
 SECRET = "s3cr3t-Pa55"
 

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from werkfluss import step, step_info, workflow, workflows
+from werkfluss import step, step_info, workflow
 from werkfluss.errors import InvalidArgument, NotAWorkflowError, NotInRunError, UnknownWorkflowError
-from werkfluss.steps import Step, StepOptions
-from werkfluss.workflows import Workflow
+from werkfluss.runtime import workflows
+from werkfluss.runtime.steps import Step, StepOptions
+from werkfluss.runtime.workflows import Workflow
 
 MODULE = __name__  # "tests.unit.test_definitions"
 

@@ -20,7 +20,7 @@ from werkfluss.errors import (
     StepFailed,
     WerkflussError,
 )
-from werkfluss.replay import error_record, rebuild_exception, type_name
+from werkfluss.runtime.replay import error_record, rebuild_exception, type_name
 
 
 class InsufficientFunds(Exception):

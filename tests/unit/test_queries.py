@@ -1,4 +1,4 @@
-"""werkfluss.queries: the named queries in sql/queries.sql and the numbered migrations."""
+"""werkfluss.store.queries: the named queries in sql/queries.sql and the numbered migrations."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import werkfluss
-from werkfluss import queries
-from werkfluss.queries import QUERIES, load_migrations, load_queries, parse_queries, sql_dir
+from werkfluss.store import queries
+from werkfluss.store.queries import QUERIES, load_migrations, load_queries, parse_queries, sql_dir
 
 PACKAGE_DIR = Path(werkfluss.__file__).resolve().parent
 
@@ -73,7 +73,7 @@ def test_a_misspelled_query_name_fails_loudly() -> None:
 
 
 def test_every_query_name_used_in_the_code_exists() -> None:
-    from werkfluss.log import _STATEMENTS
+    from werkfluss.store.recorder import _STATEMENTS
 
     used = _query_names_used_in_source()
     for name in _STATEMENTS.values():  # the recorder's statements, one per kind of write

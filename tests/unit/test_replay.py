@@ -1,4 +1,4 @@
-"""werkfluss.replay.RunExecution driven without a database, through a fake recorder."""
+"""werkfluss.runtime.replay.RunExecution driven without a database, through a fake recorder."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from werkfluss.errors import (
     NonDeterminismError,
     SerializationError,
 )
-from werkfluss.log import EventRecord, Lease
-from werkfluss.replay import Outcome, RunExecution, error_record
-from werkfluss.workflows import Workflow
+from werkfluss.runtime.replay import Outcome, RunExecution, error_record
+from werkfluss.runtime.workflows import Workflow
+from werkfluss.store.recorder import EventRecord, Lease
 
 RUN_ID = "run-1"
 

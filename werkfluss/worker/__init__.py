@@ -34,20 +34,22 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from werkfluss import dispatch, telemetry, workflows
-from werkfluss.connector import sleep_backoff
+from werkfluss import telemetry
 from werkfluss.durations import Duration, parse_duration
 from werkfluss.errors import ConfigurationError, DatabaseError, InvalidArgument, LeaseLost
-from werkfluss.failures import error_json
-from werkfluss.listener import QUEUE_CHANNEL, RUNS_CHANNEL, WAKE_CHANNEL
-from werkfluss.log import Lease, Recorder
-from werkfluss.migrations import check_schema
-from werkfluss.replay import Outcome, RunExecution
+from werkfluss.runtime import workflows
+from werkfluss.runtime.failures import error_json
+from werkfluss.runtime.replay import Outcome, RunExecution
+from werkfluss.store import dispatch
+from werkfluss.store.connector import sleep_backoff
+from werkfluss.store.listener import QUEUE_CHANNEL, RUNS_CHANNEL, WAKE_CHANNEL
+from werkfluss.store.migrations import check_schema
+from werkfluss.store.recorder import Lease, Recorder
 from werkfluss.worker.held import HeldRuns, _Held
 
 if TYPE_CHECKING:
     from werkfluss.engine import Engine
-    from werkfluss.workflows import Workflow
+    from werkfluss.runtime.workflows import Workflow
 
 
 class Worker(HeldRuns):

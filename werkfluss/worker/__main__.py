@@ -16,9 +16,10 @@ import signal
 import sys
 import traceback
 
-from werkfluss import telemetry, workflows
+from werkfluss import telemetry
 from werkfluss.engine import Engine
 from werkfluss.errors import WerkflussError
+from werkfluss.runtime import workflows
 
 
 def parser() -> argparse.ArgumentParser:

@@ -14,8 +14,8 @@ from werkfluss.errors import DatabaseError, LeaseLost
 
 if TYPE_CHECKING:
     from werkfluss.engine import Engine
-    from werkfluss.log import Recorder
-    from werkfluss.replay import RunExecution
+    from werkfluss.runtime.replay import RunExecution
+    from werkfluss.store.recorder import Recorder
 
 
 @dataclass

@@ -67,7 +67,7 @@ async def onboard(user_id: str) -> str:
 
 
 async def print_log(handle: RunHandle) -> None:
-    from werkfluss.cli import format_steps
+    from werkfluss.cli.main import format_steps
 
     print(format_steps(await handle.log()))
 
@@ -96,7 +96,7 @@ async def run_demo(dsn: str | None = None) -> None:
         print("\n2. a crash between steps, and resumption on another worker")
         assert engine.dsn is not None
         worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "werkfluss.worker", "--app", "werkfluss.demo",
+            sys.executable, "-m", "werkfluss.worker", "--app", "werkfluss.cli.demo",
             "--dsn", engine.dsn, "--lease", DEMO_LEASE, "--log-level", "warning",
         )
         try:

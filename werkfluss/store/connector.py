@@ -30,7 +30,7 @@ from werkfluss.errors import (
     RunNotFound,
     SchemaNotReady,
 )
-from werkfluss.queries import QUERIES
+from werkfluss.store.queries import QUERIES
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]

@@ -18,11 +18,11 @@ import datetime as dt
 import json
 from typing import Any
 
-from werkfluss import context
 from werkfluss.durations import Duration, parse_duration
-from werkfluss.log import EventRecord
-from werkfluss.replay import RunExecution
-from werkfluss.waits import parse_time, utcnow
+from werkfluss.runtime import context
+from werkfluss.runtime.replay import RunExecution
+from werkfluss.runtime.waits import parse_time, utcnow
+from werkfluss.store.recorder import EventRecord
 
 
 def sleep(duration: Duration) -> Any:

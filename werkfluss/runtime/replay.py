@@ -9,12 +9,12 @@ next *seq* at the moment of the call:
   (else :class:`NonDeterminismError` fails the run) and its recorded outcome
   is returned, or its recorded error raised, without running anything;
 * otherwise the call runs, and its outcome is committed through the
-  :class:`~werkfluss.log.Recorder` before the workflow continues.
+  :class:`~werkfluss.store.recorder.Recorder` before the workflow continues.
 
 When everything the workflow waits for is *passive* — a timer, a hook
 payload, a child run — and no step is running, the run is suspended: its
 lease is released with a wake-up time, the coroutine is dropped, and any
-worker resumes it later by replaying the log (see :mod:`werkfluss.waits`).
+worker resumes it later by replaying the log (see :mod:`werkfluss.runtime.waits`).
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from werkfluss import context, serializer, telemetry
+from werkfluss import serializer, telemetry
 from werkfluss.errors import DatabaseError, LeaseLost, NonDeterminismError, SerializationError
-from werkfluss.failures import error_json, error_record, rebuild_exception, type_name
-from werkfluss.log import EventRecord, Lease, Recorder
-from werkfluss.steps import Step, run_attempts
-from werkfluss.waits import WaitSet, parse_time
+from werkfluss.runtime import context
+from werkfluss.runtime.failures import error_json, error_record, rebuild_exception, type_name
+from werkfluss.runtime.steps import Step, run_attempts
+from werkfluss.runtime.waits import WaitSet, parse_time
+from werkfluss.store.recorder import EventRecord, Lease, Recorder
 
 if TYPE_CHECKING:
-    from werkfluss.workflows import Workflow
+    from werkfluss.runtime.workflows import Workflow
 
 __all__ = ["Outcome", "RunExecution", "error_record", "rebuild_exception", "type_name"]
 
@@ -199,7 +200,7 @@ class RunExecution:
         return self.register_call(self._step(seq, recorded, step, args, kwargs), seq)
 
     def call_child(self, workflow: Workflow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        from werkfluss.children import call_child
+        from werkfluss.runtime.children import call_child
 
         return call_child(self, workflow, args, kwargs)
 

@@ -1,6 +1,6 @@
 """The dispatch queue, in domain verbs: claim due runs, find the next due time,
 release runs. (Lease renewal and finishing go through the
-:class:`~werkfluss.log.Recorder`, serialized with the log writes.)
+:class:`~werkfluss.store.recorder.Recorder`, serialized with the log writes.)
 
 A claim is one statement: ``SELECT … FOR UPDATE SKIP LOCKED`` picks due runs,
 leases them (``available_at`` becomes the lease expiry), marks them running
@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from werkfluss.connector import Connector
-from werkfluss.log import Lease
+from werkfluss.store.connector import Connector
+from werkfluss.store.recorder import Lease
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from werkfluss import telemetry
-from werkfluss.connector import Connector, sleep_backoff
 from werkfluss.errors import DatabaseUnavailable
+from werkfluss.store.connector import Connector, sleep_backoff
 
 QUEUE_CHANNEL = "werkfluss_queue"
 RUNS_CHANNEL = "werkfluss_runs"

@@ -31,13 +31,14 @@ import json
 import secrets
 from typing import Any
 
-from werkfluss import context, serializer
+from werkfluss import serializer
 from werkfluss.durations import Duration, parse_duration
 from werkfluss.errors import HookConflict, InvalidArgument, NotInRunError
-from werkfluss.failures import rebuild_exception
-from werkfluss.log import EventRecord
-from werkfluss.replay import RunExecution
-from werkfluss.waits import parse_time, utcnow
+from werkfluss.runtime import context
+from werkfluss.runtime.failures import rebuild_exception
+from werkfluss.runtime.replay import RunExecution
+from werkfluss.runtime.waits import parse_time, utcnow
+from werkfluss.store.recorder import EventRecord
 
 TOKEN_PREFIX = "wfh_"
 MAX_TOKEN_LENGTH = 500
@@ -62,8 +63,8 @@ class Hook:
             seq, recorded = execution.next_seq("receive", self.token)
             return execution.register_call(self._receive(seq, recorded), seq)
         seconds = parse_duration(timeout, what="hook wait timeout")
-        from werkfluss.racing import race
-        from werkfluss.timers import sleep
+        from werkfluss.runtime.racing import race
+        from werkfluss.runtime.timers import sleep
 
         outcome = race(self.wait(), sleep(seconds))
         return self._first_or_timeout(outcome, seconds)

@@ -171,7 +171,7 @@ async def cmd_cancel(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(engine: Engine | None, args: argparse.Namespace) -> int:
-    from werkfluss.demo import run_approval_demo, run_demo
+    from werkfluss.cli.demo import run_approval_demo, run_demo
 
     if args.name == "approval":
         await run_approval_demo(args.dsn, interactive=args.interactive)

@@ -23,11 +23,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from werkfluss import context, telemetry
+from werkfluss import telemetry
 from werkfluss.errors import DatabaseError, LeaseLost
+from werkfluss.runtime import context
 
 if TYPE_CHECKING:
-    from werkfluss.replay import RunExecution
+    from werkfluss.runtime.replay import RunExecution
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Where code is running: inside a workflow run, inside a step, or neither.
 
 Two context variables carry it. A workflow's task sees its
-:class:`~werkfluss.replay.RunExecution`; a step body sees ``None`` there (so
+:class:`~werkfluss.runtime.replay.RunExecution`; a step body sees ``None`` there (so
 steps it calls are plain function calls) and its :class:`StepInfo` instead.
 """
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from werkfluss.errors import NotInRunError
 
 if TYPE_CHECKING:
-    from werkfluss.replay import RunExecution
+    from werkfluss.runtime.replay import RunExecution
 
 _execution: ContextVar[RunExecution | None] = ContextVar("werkfluss_execution", default=None)
 _step: ContextVar[StepInfo | None] = ContextVar("werkfluss_step", default=None)

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from werkfluss import context, serializer
+from werkfluss import serializer
 from werkfluss.errors import RunCancelled, RunFailed
-from werkfluss.log import Lease
-from werkfluss.replay import RunExecution
-from werkfluss.waits import parse_time, utcnow
+from werkfluss.runtime import context
+from werkfluss.runtime.replay import RunExecution
+from werkfluss.runtime.waits import parse_time, utcnow
+from werkfluss.store.recorder import Lease
 
 if TYPE_CHECKING:
-    from werkfluss.workflows import Workflow
+    from werkfluss.runtime.workflows import Workflow
 
 
 def child_run_id(parent_id: str, seq: int) -> str:

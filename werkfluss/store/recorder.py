@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from werkfluss import telemetry
-from werkfluss.connector import Connector, Params, Row
 from werkfluss.errors import DatabaseError, LeaseLost
+from werkfluss.store.connector import Connector, Params, Row
 
 
 @dataclass(frozen=True, slots=True)

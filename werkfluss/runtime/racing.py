@@ -19,13 +19,14 @@ import json
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from werkfluss import context, serializer
-from werkfluss.context import RaceBranch
+from werkfluss import serializer
 from werkfluss.errors import InvalidArgument
-from werkfluss.failures import error_record, rebuild_exception
-from werkfluss.log import EventRecord
-from werkfluss.replay import RunExecution
-from werkfluss.waits import utcnow
+from werkfluss.runtime import context
+from werkfluss.runtime.context import RaceBranch
+from werkfluss.runtime.failures import error_record, rebuild_exception
+from werkfluss.runtime.replay import RunExecution
+from werkfluss.runtime.waits import utcnow
+from werkfluss.store.recorder import EventRecord
 
 
 def race(*awaitables: Awaitable[Any]) -> Any:

@@ -23,9 +23,10 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from werkfluss import context, serializer, telemetry
+from werkfluss import serializer, telemetry
 from werkfluss.durations import Duration, optional_duration, parse_duration
 from werkfluss.errors import FatalError, InvalidArgument, SerializationError
+from werkfluss.runtime import context
 
 P = ParamSpec("P")
 R = TypeVar("R")

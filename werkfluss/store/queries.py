@@ -20,7 +20,7 @@ _MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
 def sql_dir() -> Path:
     """The ``sql`` folder: inside the installed package, or beside it in a checkout."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the werkfluss package
     for candidate in (here / "sql", here.parent / "sql"):
         if (candidate / "queries.sql").is_file():
             return candidate

@@ -18,8 +18,8 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from werkfluss import context
 from werkfluss.errors import InvalidArgument, NotAWorkflowError, UnknownWorkflowError
+from werkfluss.runtime import context
 
 P = ParamSpec("P")
 R = TypeVar("R")

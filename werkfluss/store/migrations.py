@@ -12,9 +12,9 @@ from __future__ import annotations
 import zlib
 
 from werkfluss import telemetry
-from werkfluss.connector import Connector
 from werkfluss.errors import SchemaNotReady
-from werkfluss.queries import load_migrations
+from werkfluss.store.connector import Connector
+from werkfluss.store.queries import load_migrations
 
 # A stable 32-bit key for pg_advisory_xact_lock, derived from the schema name.
 LOCK_KEY = zlib.crc32(b"werkfluss.migrate")

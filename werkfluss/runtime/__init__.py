@@ -1,0 +1,1 @@
+"""The runtime: workflow code's world."""

@@ -1,0 +1,1 @@
+"""The store: the only door to PostgreSQL."""
