@@ -75,8 +75,12 @@ SELECT seq, kind, name, status, input, output, error, attempts, started_at, fini
  ORDER BY seq;
 
 -- name: claim_runs
--- Lease up to %(limit)s due runs of the given workflows, mark them running,
--- and return each with its whole log: one statement, one round trip.
+-- Lease up to %(limit)s due runs of the given workflows to this worker and
+-- mark them running: one statement, one round trip. A held run's
+-- available_at is 'infinity' (the worker's heartbeat keeps it; no renewals);
+-- claims counts every claim, so a worker that kept the run in its cache knows
+-- whether anyone else ran it since. Returns what may unblock each run and the
+-- server's clock (the worker's one clock).
 WITH picked AS (
     SELECT q.run_id, q.lease_id AS previous_lease_id, q.worker_id AS previous_worker_id
       FROM werkfluss.queue q
@@ -89,83 +93,96 @@ WITH picked AS (
     UPDATE werkfluss.queue q
        SET lease_id = gen_random_uuid(),
            worker_id = %(worker_id)s,
-           available_at = now() + %(lease_seconds)s * interval '1 second',
+           available_at = 'infinity',
            claims = q.claims + 1
       FROM picked p
      WHERE q.run_id = p.run_id
- RETURNING q.run_id, q.lease_id, q.claims, p.previous_lease_id, p.previous_worker_id
+ RETURNING q.run_id, q.lease_id, q.claims, q.wakeups, p.previous_lease_id, p.previous_worker_id
 ), started AS (
     UPDATE werkfluss.runs r
        SET status = 'running', started_at = coalesce(r.started_at, now()),
            updated_at = now(), wake_at = NULL, waiting_on = NULL
       FROM leased l
      WHERE r.id = l.run_id
- RETURNING r.id, r.workflow, r.args, r.kwargs, r.deadline, r.parent_id
+ RETURNING r.id, r.workflow, r.args, r.kwargs, r.deadline, r.parent_id, r.started_at
 )
-SELECT s.id AS run_id, s.workflow, s.args, s.kwargs, s.deadline, s.parent_id,
-       l.lease_id, l.claims, l.previous_lease_id, l.previous_worker_id,
-       -- json, not jsonb: recorded results keep their key order.
-       (SELECT coalesce(json_agg(json_build_object(
-                   'seq', e.seq, 'kind', e.kind, 'name', e.name, 'status', e.status,
-                   'output', e.output, 'error', e.error,
-                   'finished_at', e.finished_at) ORDER BY e.seq), '[]'::json)
-          FROM werkfluss.events e
-         WHERE e.run_id = s.id) AS log,
-       -- The statement's snapshot: an event newer than what is read here shows
-       -- as a higher wake-up count later (see suspend_runs).
-       i.wakeups, i.inbox, i.children
+SELECT s.id AS run_id, s.workflow, s.args, s.kwargs, s.deadline, s.parent_id, s.started_at,
+       l.lease_id, l.claims, l.wakeups, l.previous_lease_id, l.previous_worker_id,
+       i.inbox, i.children, clock_timestamp() AS db_now,
+       EXISTS (SELECT 1 FROM werkfluss.events e WHERE e.run_id = s.id) AS has_log
   FROM started s
   JOIN leased l ON l.run_id = s.id
  CROSS JOIN LATERAL werkfluss._run_inputs(s.id) AS i;
 
+-- name: read_logs
+-- The logs of runs a worker claimed and has not in its cache.
+SELECT run_id, seq, kind, name, status, input, output, error, attempts, started_at, finished_at
+  FROM werkfluss.events
+ WHERE run_id = ANY(%(run_ids)s::text[])
+ ORDER BY run_id, seq;
+
 -- name: run_inputs
--- What may have unblocked a run this worker holds: its unconsumed hook
--- payloads, its finished children, and the wake-up count (one snapshot).
+-- What may have unblocked a run this worker holds: its undelivered hook
+-- payloads, its ended and undelivered children, and the wake-up count.
 SELECT wakeups, inbox, children FROM werkfluss._run_inputs(%(run_id)s);
 
 -- name: next_due
 -- Seconds (by the server's clock) until the next run of these workflows
--- becomes claimable: a sleep ending, or a lease running out (a dead worker's,
--- or one this worker gave up). NULL if none is scheduled.
+-- becomes claimable (a sleep ending). NULL if none is scheduled.
 SELECT extract(epoch FROM min(available_at) - now())::float8 AS seconds
   FROM werkfluss.queue
  WHERE available_at > now() AND available_at < 'infinity'
    AND workflow = ANY(%(workflows)s::text[]);
 
 -- name: append_events
--- Record results, fenced by the lease: a record whose run this lease no
+-- Record log entries, fenced by the lease: an entry whose run this lease no
 -- longer holds is dropped (FOR SHARE waits out a concurrent takeover, then
--- sees the new lease). A record that holds a hook payload marks it consumed
--- in the same statement. The caller learns which records landed.
+-- sees the new lease). An entry that holds a hook payload marks it consumed,
+-- one that holds a child's outcome marks that child delivered, in the same
+-- statement. Returns the entries that are in the log under this lease —
+-- also those a retried batch had already written.
 WITH batch AS (
     SELECT *
       FROM unnest(%(run_ids)s::text[], %(lease_ids)s::uuid[], %(seqs)s::integer[],
                   %(kinds)s::text[], %(names)s::text[], %(statuses)s::text[],
                   %(inputs)s::jsonb[], %(outputs)s::json[], %(errors)s::jsonb[],
                   %(attempts)s::integer[], %(started_ats)s::timestamptz[],
-                  %(finished_ats)s::timestamptz[], %(consumes)s::bigint[])
+                  %(finished_ats)s::timestamptz[], %(consumes)s::bigint[], %(children)s::text[])
            AS b(run_id, lease_id, seq, kind, name, status, input, output, error,
-                attempts, started_at, finished_at, consumes)
-), inserted AS (
-    INSERT INTO werkfluss.events
-           (run_id, seq, kind, name, status, input, output, error, attempts, started_at, finished_at)
-    SELECT b.run_id, b.seq, b.kind, b.name, b.status, b.input, b.output, b.error,
-           b.attempts, b.started_at, b.finished_at
-      FROM batch b
+                attempts, started_at, finished_at, consumes, child_id)
+), fenced AS (
+    SELECT b.* FROM batch b
      WHERE EXISTS (SELECT 1 FROM werkfluss.queue q
                     WHERE q.run_id = b.run_id AND q.lease_id = b.lease_id
                       FOR SHARE)
+), inserted AS (
+    INSERT INTO werkfluss.events
+           (run_id, seq, kind, name, status, input, output, error, attempts, started_at, finished_at)
+    SELECT f.run_id, f.seq, f.kind, f.name, f.status, f.input, f.output, f.error,
+           f.attempts, f.started_at, f.finished_at
+      FROM fenced f
         ON CONFLICT (run_id, seq) DO NOTHING
     RETURNING run_id, seq
 ), consumed AS (
     UPDATE werkfluss.hook_payloads p
-       SET consumed_run = b.run_id, consumed_seq = b.seq
-      FROM batch b
-      JOIN inserted i ON i.run_id = b.run_id AND i.seq = b.seq
-     WHERE b.consumes IS NOT NULL AND p.id = b.consumes
+       SET consumed_run = f.run_id, consumed_seq = f.seq
+      FROM fenced f
+      JOIN inserted i ON i.run_id = f.run_id AND i.seq = f.seq
+     WHERE f.consumes IS NOT NULL AND p.id = f.consumes
     RETURNING p.id
+), delivered AS (
+    UPDATE werkfluss.runs c
+       SET delivered = true
+      FROM fenced f
+      JOIN inserted i ON i.run_id = f.run_id AND i.seq = f.seq
+     WHERE f.child_id IS NOT NULL AND c.id = f.child_id
+    RETURNING c.id
 )
-SELECT run_id, seq FROM inserted;
+SELECT run_id, seq FROM inserted
+UNION
+SELECT f.run_id, f.seq
+  FROM fenced f
+  JOIN werkfluss.events e ON e.run_id = f.run_id AND e.seq = f.seq;
 
 -- name: lock_hook_tokens
 -- Hook creation takes each token's advisory lock first, as send() does.
@@ -174,8 +191,9 @@ SELECT pg_advisory_xact_lock(hashtextextended('werkfluss.hook:' || t, 0))
 
 -- name: create_hooks
 -- Create hooks (fenced) and their log records in one statement. A token that
--- another run already owns gives a failed record; a created hook comes back
--- with any payloads sent to its token before it existed.
+-- another hook already owns gives a failed record (HookConflict); a created
+-- hook comes back with the payloads sent to its token before it existed.
+-- Safe to run again: a hook this very call created before is reported created.
 WITH batch AS (
     SELECT *
       FROM unnest(%(run_ids)s::text[], %(lease_ids)s::uuid[], %(seqs)s::integer[],
@@ -192,69 +210,68 @@ WITH batch AS (
         ON CONFLICT (token) DO NOTHING
     RETURNING token, run_id, seq
 ), owners AS (
-    -- Who owns each token: an earlier run (visible) or a row this statement inserted.
-    SELECT f.token, coalesce(
-               (SELECT h.run_id FROM werkfluss.hooks h WHERE h.token = f.token),
-               (SELECT c.run_id FROM created c WHERE c.token = f.token)) AS owner
+    SELECT f.run_id, f.seq, f.token, f.multi, f.at,
+           coalesce(c.run_id, h.run_id) AS owner_run, coalesce(c.seq, h.seq) AS owner_seq
       FROM fenced f
+      LEFT JOIN created c ON c.token = f.token
+      LEFT JOIN werkfluss.hooks h ON h.token = f.token
 ), recorded AS (
     INSERT INTO werkfluss.events (run_id, seq, kind, name, status, output, error, started_at, finished_at)
-    SELECT f.run_id, f.seq, 'hook', f.token,
-           CASE WHEN c.token IS NULL THEN 'failed' ELSE 'completed' END,
-           CASE WHEN c.token IS NULL THEN NULL
-                ELSE json_build_object('token', f.token, 'multi', f.multi) END,
-           CASE WHEN c.token IS NULL THEN jsonb_build_object(
+    SELECT o.run_id, o.seq, 'hook', o.token,
+           CASE WHEN o.owner_run = o.run_id AND o.owner_seq = o.seq THEN 'completed' ELSE 'failed' END,
+           CASE WHEN o.owner_run = o.run_id AND o.owner_seq = o.seq
+                THEN json_build_object('token', o.token, 'multi', o.multi) END,
+           CASE WHEN NOT (o.owner_run = o.run_id AND o.owner_seq = o.seq) THEN jsonb_build_object(
                     'type', 'werkfluss.errors.HookConflict',
                     'class', 'werkfluss.errors:HookConflict',
                     'message', format('hook token %%s is already used by run %%s; choose a token unique to this run',
-                                      f.token, o.owner),
-                    'args', jsonb_build_array(f.token, o.owner))
+                                      o.token, o.owner_run),
+                    'args', jsonb_build_array(o.token, o.owner_run))
            END,
-           f.at, f.at
-      FROM fenced f
-      LEFT JOIN created c ON c.token = f.token AND c.run_id = f.run_id AND c.seq = f.seq
-      JOIN (SELECT DISTINCT token, owner FROM owners) o ON o.token = f.token
+           o.at, o.at
+      FROM owners o
         ON CONFLICT (run_id, seq) DO NOTHING
-    RETURNING run_id, seq, status, error
+    RETURNING run_id, seq
 )
-SELECT r.run_id, r.seq, r.status, r.error,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object(
+SELECT o.run_id, o.seq, o.token,
+       (o.owner_run = o.run_id AND o.owner_seq = o.seq) AS created,
+       o.owner_run,
+       (SELECT count(*) FROM recorded) AS recorded,
+       (SELECT coalesce(json_agg(json_build_object(
                    'id', p.id, 'token', p.token, 'payload', p.payload,
-                   'received_at', p.received_at) ORDER BY p.id), '[]'::jsonb)
+                   'received_at', p.received_at) ORDER BY p.id), '[]'::json)
           FROM werkfluss.hook_payloads p
-         WHERE r.status = 'completed' AND p.token = (SELECT f.token FROM fenced f
-                                                      WHERE f.run_id = r.run_id AND f.seq = r.seq)
-           AND p.consumed_seq IS NULL) AS early
-  FROM recorded r;
+         WHERE o.owner_run = o.run_id AND o.owner_seq = o.seq
+           AND p.token = o.token AND p.consumed_seq IS NULL) AS early
+  FROM owners o;
 
 -- name: mark_hooks_multi
--- A hook the workflow iterates receives many payloads.
-UPDATE werkfluss.hooks SET multi = true WHERE token = ANY(%(tokens)s::text[]) AND NOT multi;
+-- A hook the workflow iterates receives many payloads (fenced by the lease).
+UPDATE werkfluss.hooks h
+   SET multi = true
+  FROM unnest(%(run_ids)s::text[], %(lease_ids)s::uuid[], %(tokens)s::text[]) AS b(run_id, lease_id, token)
+ WHERE h.token = b.token AND h.run_id = b.run_id AND NOT h.multi
+   AND EXISTS (SELECT 1 FROM werkfluss.queue q
+                WHERE q.run_id = b.run_id AND q.lease_id = b.lease_id FOR SHARE);
 
 -- name: start_children
--- Start child runs and record each start in the parent's log, fenced by the
--- parent's lease: one statement, so a replayed parent never starts a child twice.
+-- Start child runs, fenced by the parent's lease. Idempotent by the child's
+-- id: starting a child that exists with this parent is a success; an id
+-- taken by any other run is reported (started = false).
 WITH batch AS (
     SELECT *
       FROM unnest(%(run_ids)s::text[], %(lease_ids)s::uuid[], %(seqs)s::integer[],
                   %(child_ids)s::text[], %(workflows)s::text[], %(args)s::jsonb[],
-                  %(kwargs)s::jsonb[], %(deadlines)s::timestamptz[], %(ats)s::timestamptz[])
-           AS b(run_id, lease_id, seq, child_id, workflow, args, kwargs, deadline, at)
-), recorded AS (
-    INSERT INTO werkfluss.events (run_id, seq, kind, name, status, input, output, started_at, finished_at)
-    SELECT b.run_id, b.seq, 'child', b.workflow, 'completed',
-           jsonb_build_object('args', b.args, 'kwargs', b.kwargs),
-           json_build_object('run_id', b.child_id), b.at, b.at
-      FROM batch b
+                  %(kwargs)s::jsonb[])
+           AS b(run_id, lease_id, seq, child_id, workflow, args, kwargs)
+), fenced AS (
+    SELECT b.* FROM batch b
      WHERE EXISTS (SELECT 1 FROM werkfluss.queue q
                     WHERE q.run_id = b.run_id AND q.lease_id = b.lease_id
                       FOR SHARE)
-        ON CONFLICT (run_id, seq) DO NOTHING
-    RETURNING run_id, seq
 ), children AS (
-    INSERT INTO werkfluss.runs (id, workflow, args, kwargs, parent_id, deadline)
-    SELECT b.child_id, b.workflow, b.args, b.kwargs, b.run_id, b.deadline
-      FROM batch b JOIN recorded r ON r.run_id = b.run_id AND r.seq = b.seq
+    INSERT INTO werkfluss.runs (id, workflow, args, kwargs, parent_id)
+    SELECT f.child_id, f.workflow, f.args, f.kwargs, f.run_id FROM fenced f
         ON CONFLICT (id) DO NOTHING
     RETURNING id, workflow
 ), queued AS (
@@ -262,29 +279,40 @@ WITH batch AS (
     SELECT id, workflow FROM children
         ON CONFLICT (run_id) DO NOTHING
     RETURNING run_id
+), notified AS (
+    SELECT pg_notify('werkfluss_queue', '') AS n WHERE EXISTS (SELECT 1 FROM queued)
 )
-SELECT r.run_id, r.seq,
-       (SELECT CASE WHEN count(*) > 0 THEN pg_notify('werkfluss_queue', '') END FROM queued) AS notified
-  FROM recorded r;
+SELECT f.run_id, f.seq, f.child_id,
+       (EXISTS (SELECT 1 FROM children c WHERE c.id = f.child_id)
+        OR EXISTS (SELECT 1 FROM werkfluss.runs r
+                    WHERE r.id = f.child_id AND r.parent_id = f.run_id)) AS started,
+       (SELECT count(*) FROM notified) AS notified
+  FROM fenced f;
 
 -- name: suspend_runs
 -- Take runs off their workers while they sleep or wait: the lease is
 -- released and the run becomes claimable at its wake-up time ('infinity' if
--- only an event can wake it) — or at once, if an event arrived since the
--- worker last looked (the wake-up count moved).
+-- only an event can wake it) — unless an event arrived since the worker last
+-- looked (the wake-up count moved): then nothing changes and the worker,
+-- still holding the run, reads what arrived.
 WITH batch AS (
     SELECT *
       FROM unnest(%(run_ids)s::text[], %(lease_ids)s::uuid[], %(statuses)s::text[],
                   %(wake_ats)s::timestamptz[], %(due_ats)s::timestamptz[],
                   %(waiting_ons)s::text[], %(wakeups)s::integer[])
            AS b(run_id, lease_id, status, wake_at, due_at, waiting_on, wakeups)
+), held AS (
+    SELECT b.run_id, q.wakeups = b.wakeups AS quiet
+      FROM batch b
+      JOIN werkfluss.queue q ON q.run_id = b.run_id AND q.lease_id = b.lease_id
+       FOR UPDATE OF q
 ), released AS (
     UPDATE werkfluss.queue q
        SET lease_id = NULL, worker_id = NULL,
-           available_at = CASE WHEN q.wakeups <> b.wakeups THEN now()
-                               ELSE coalesce(b.due_at, 'infinity') END
+           available_at = coalesce(b.due_at, 'infinity')
       FROM batch b
-     WHERE q.run_id = b.run_id AND q.lease_id = b.lease_id
+      JOIN held h ON h.run_id = b.run_id AND h.quiet
+     WHERE q.run_id = b.run_id
  RETURNING q.run_id, q.available_at <= now() AS ready
 ), marked AS (
     UPDATE werkfluss.runs r
@@ -293,10 +321,11 @@ WITH batch AS (
       JOIN released x ON x.run_id = b.run_id
      WHERE r.id = b.run_id
  RETURNING r.id
+), notified AS (
+    SELECT pg_notify('werkfluss_queue', '') AS n WHERE EXISTS (SELECT 1 FROM released WHERE ready)
 )
-SELECT coalesce(array_agg(x.run_id), '{}') AS run_ids,
-       CASE WHEN bool_or(x.ready) THEN pg_notify('werkfluss_queue', '') END AS notified
-  FROM released x;
+SELECT h.run_id, h.quiet AS suspended, (SELECT count(*) FROM notified) AS notified
+  FROM held h;
 
 -- name: cancel_children
 -- Cancel the unfinished child runs of a run that has ended.
@@ -337,7 +366,17 @@ WITH batch AS (
            available_at = CASE WHEN q.lease_id IS NULL THEN now() ELSE q.available_at END
       FROM (SELECT DISTINCT parent_id FROM finished WHERE parent_id IS NOT NULL) p
      WHERE q.run_id = p.parent_id
- RETURNING q.lease_id IS NULL AS claimable
+ RETURNING q.run_id, q.lease_id IS NULL AS claimable, q.worker_id
+), held_parents AS (
+    -- A parent its worker holds hears of it directly.
+    SELECT pg_notify('werkfluss_wake', w.run_id) AS n FROM woken w WHERE NOT w.claimable
+), orphaned AS (
+    -- Children that ended under earlier releases and were never recorded by
+    -- their parent: done with once the parent has ended.
+    UPDATE werkfluss.runs c SET delivered = true
+      FROM finished f
+     WHERE c.parent_id = f.id AND c.finished_at IS NOT NULL AND NOT c.delivered
+    RETURNING c.id
 )
 SELECT coalesce(array_agg(f.id), '{}') AS run_ids,
        CASE WHEN count(*) > 0 THEN
@@ -347,20 +386,14 @@ SELECT coalesce(array_agg(f.id), '{}') AS run_ids,
                           THEN string_agg(f.id, ',') ELSE '*' END)
        END AS notified,
        (SELECT CASE WHEN bool_or(w.claimable) THEN pg_notify('werkfluss_queue', '') END
-          FROM woken w) AS parents_notified
+          FROM woken w) AS parents_notified,
+       (SELECT count(*) FROM held_parents) AS held_parents_notified,
+       (SELECT count(*) FROM orphaned) AS orphaned
   FROM finished f;
 
--- name: renew_leases
--- Push the expiry of leases this worker still holds; returns the runs renewed.
-UPDATE werkfluss.queue q
-   SET available_at = now() + %(lease_seconds)s * interval '1 second'
-  FROM unnest(%(run_ids)s::text[], %(lease_ids)s::uuid[]) AS b(run_id, lease_id)
- WHERE q.run_id = b.run_id AND q.lease_id = b.lease_id
-RETURNING q.run_id;
-
--- name: release_leases
--- Hand runs back at once (graceful shutdown): claimable now, status pending,
--- and one NOTIFY so another worker takes them without waiting for a poll.
+-- name: release_runs
+-- Hand runs back at once (the worker is stopping): claimable now, status
+-- pending, and one NOTIFY so another worker takes them without waiting.
 WITH batch AS (
     SELECT * FROM unnest(%(run_ids)s::text[], %(lease_ids)s::uuid[]) AS b(run_id, lease_id)
 ), released AS (
@@ -379,3 +412,51 @@ WITH batch AS (
 SELECT coalesce(array_agg(x.run_id), '{}') AS run_ids,
        CASE WHEN count(*) > 0 THEN pg_notify('werkfluss_queue', '') END AS notified
   FROM released x;
+
+-- name: worker_register
+-- A worker starts: its row in the workers table (the id is new each start).
+INSERT INTO werkfluss.workers (id, host, pid, version, workflows, concurrency, lease_seconds)
+VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(workflows)s::text[], %(concurrency)s,
+        %(lease_seconds)s)
+ON CONFLICT (id) DO UPDATE
+   SET state = 'running', heartbeat_at = now(), stopped_at = NULL
+RETURNING clock_timestamp() AS db_now;
+
+-- name: worker_heartbeat
+-- A worker is alive: one small HOT update, whatever number of runs it holds.
+-- Returns its state ('dead' if others gave its runs away while it was
+-- silent), how many runs the queue says it holds, and the server's clock.
+UPDATE werkfluss.workers
+   SET heartbeat_at = CASE WHEN state = 'dead' THEN heartbeat_at ELSE now() END,
+       runs_held = %(runs_held)s,
+       state = CASE WHEN state = 'dead' THEN state ELSE %(state)s END
+ WHERE id = %(id)s
+RETURNING state,
+          (SELECT count(*) FROM werkfluss.queue q
+            WHERE q.worker_id = %(id)s AND q.lease_id IS NOT NULL) AS holding,
+          clock_timestamp() AS db_now;
+
+-- name: worker_held_runs
+-- The runs the queue says this worker holds (to reconcile with its memory).
+SELECT run_id, lease_id FROM werkfluss.queue
+ WHERE worker_id = %(id)s AND lease_id IS NOT NULL;
+
+-- name: reap_workers
+-- Release the runs of workers whose heartbeat stopped; returns how many.
+SELECT werkfluss._reap_workers() AS released;
+
+-- name: worker_stopped
+-- A worker stopped cleanly.
+UPDATE werkfluss.workers SET state = 'stopped', stopped_at = now(), runs_held = 0
+ WHERE id = %(id)s;
+
+-- name: list_workers
+-- Live and recently stopped workers, newest heartbeat first.
+SELECT id, host, pid, version, workflows, concurrency, lease_seconds, started_at, heartbeat_at,
+       runs_held, state, stopped_at,
+       state IN ('running', 'stopping') AND heartbeat_at >= now() - make_interval(secs => lease_seconds)
+           AS alive
+  FROM werkfluss.workers
+ WHERE state IN ('running', 'stopping') OR stopped_at > now() - %(recent_seconds)s * interval '1 second'
+ ORDER BY heartbeat_at DESC
+ LIMIT %(limit)s;

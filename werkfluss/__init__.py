@@ -29,6 +29,7 @@ from werkfluss.errors import (
     NonDeterminismError,
     NotAWorkflowError,
     NotInRunError,
+    RecordRefused,
     RunCancelled,
     RunFailed,
     RunIdConflict,
@@ -38,16 +39,17 @@ from werkfluss.errors import (
     StepFailed,
     UnknownWorkflowError,
     WerkflussError,
+    WorkflowSandboxError,
 )
 from werkfluss.runs import RunHandle, RunInfo, StepRecord
-from werkfluss.runtime.context import StepInfo, step_info
+from werkfluss.runtime.context import StepInfo, now, step_info, uuid4
 from werkfluss.runtime.hooks import Hook, hook
 from werkfluss.runtime.racing import race
 from werkfluss.runtime.steps import step
 from werkfluss.runtime.timers import sleep
 from werkfluss.runtime.workflows import workflow
 from werkfluss.telemetry import configure_logging
-from werkfluss.worker import Worker
+from werkfluss.worker.worker import Worker
 
 __version__ = "0.1.0"
 
@@ -64,6 +66,7 @@ __all__ = [
     "NonDeterminismError",
     "NotAWorkflowError",
     "NotInRunError",
+    "RecordRefused",
     "RunCancelled",
     "RunFailed",
     "RunHandle",
@@ -78,11 +81,14 @@ __all__ = [
     "UnknownWorkflowError",
     "WerkflussError",
     "Worker",
+    "WorkflowSandboxError",
     "configure_logging",
     "hook",
+    "now",
     "race",
     "sleep",
     "step",
     "step_info",
+    "uuid4",
     "workflow",
 ]

@@ -27,7 +27,7 @@ from werkfluss.store import migrations
 from werkfluss.store.connector import Connector
 from werkfluss.store.embedded import start_embedded
 from werkfluss.store.listener import Listener
-from werkfluss.worker import Worker
+from werkfluss.worker.worker import Worker
 
 ENV_DSN = "WERKFLUSS_DATABASE_URL"
 ENV_LISTEN_DSN = "WERKFLUSS_LISTEN_URL"
@@ -227,13 +227,24 @@ class Engine:
         lease: Duration = "30s",
         poll_interval: Duration = "5s",
         shutdown_grace: Duration = "10s",
+        cache_size: int = 256,
     ) -> Worker:
-        """A worker in this process; use it as ``async with engine.worker(concurrency=32):``."""
+        """A worker in this process; use it as ``async with engine.worker(concurrency=32):``.
+
+        See :class:`~werkfluss.worker.worker.Worker` for the options.
+        """
         return Worker(
-            self,
+            self._worker_connection,
             concurrency=concurrency,
             workflows=workflows,
             lease=lease,
             poll_interval=poll_interval,
             shutdown_grace=shutdown_grace,
+            cache_size=cache_size,
         )
+
+    async def _worker_connection(self) -> tuple[Connector, Listener]:
+        """What a worker needs: the pool and the LISTEN connection."""
+        await self.open()
+        listener = await self._listener_ready()
+        return self.connector, listener

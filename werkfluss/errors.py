@@ -36,6 +36,11 @@ class DatabaseUnavailable(DatabaseError):
     """
 
 
+class DatabaseBusy(DatabaseError):
+    """A transaction lost a race inside PostgreSQL (serialization failure,
+    deadlock, lock timeout); running it again is expected to succeed."""
+
+
 class SchemaNotReady(WerkflussError):
     """The ``werkfluss`` schema is missing or older than this code needs."""
 
@@ -236,4 +241,20 @@ class LeaseLost(WerkflussError):
     """This worker no longer holds the run (taken over, cancelled or released).
 
     Internal: the worker stops executing the run and writes nothing more for it.
+    """
+
+
+class WorkflowSandboxError(WerkflussError, RuntimeError):
+    """Workflow code tried something only a step may do (I/O, threads, subprocesses).
+
+    Workflow code runs on werkfluss's deterministic loop and is replayed after a
+    crash; move such work into a ``@step``.
+    """
+
+
+class RecordRefused(WerkflussError):
+    """PostgreSQL refused to store one of a run's records (a value it cannot hold).
+
+    The run fails with this error; other runs written in the same batch are
+    not affected.
     """

@@ -74,8 +74,9 @@ async def test_the_sleep_wins_and_the_running_step_is_cancelled(engine: Engine) 
     async with engine.worker(workflows=[three_way]):
         assert await handle.result(timeout=10) == [2, None]
     assert CANCELLED == ["r1"]
-    race_record = [r for r in await handle.log() if r.kind == "race"]
-    assert [r.output for r in race_record] == [{"index": 2, "value": None}]
+    # A race records nothing of its own: the sleep's timer is in the log, and
+    # outcomes are replayed in the order the run saw them.
+    assert [r.kind for r in await handle.log()] == ["hook", "sleep"]
     assert await handle.steps() == []  # the losing step recorded nothing
 
 
@@ -144,12 +145,13 @@ async def test_a_child_run_has_its_own_id_and_log(engine: Engine) -> None:
     async with engine.worker(workflows=[parent, child]):
         assert await handle.result(timeout=10) == ["a done"]
     (kid,) = await engine.runs(workflow=child)
-    assert kid.run_id == f"{handle.run_id}:1"
+    assert kid.run_id == f"{handle.run_id}::1"
     assert kid.parent_id == handle.run_id
     assert kid.status == "completed"
     assert kid.result == "a done"
     assert [s.name for s in await engine.handle(kid.run_id).steps()] == [slow.name]
-    assert [(r.kind, r.output) for r in await handle.log()] == [("child", {"run_id": kid.run_id})]
+    assert [(r.kind, r.output) for r in await handle.log()] == [
+        ("child", {"run_id": kid.run_id, "status": "completed", "result": "a done"})]
 
 
 async def test_a_child_failure_raises_run_failed_in_the_parent(engine: Engine) -> None:
@@ -157,14 +159,14 @@ async def test_a_child_failure_raises_run_failed_in_the_parent(engine: Engine) -
     gate("ok").set()
     async with engine.worker(workflows=[parent, child]):
         result = await handle.result(timeout=10)
-    assert result == [f"failed: run {handle.run_id}:1 failed: ValueError: child broke", "ok done"]
+    assert result == [f"failed: run {handle.run_id}::1 failed: ValueError: child broke", "ok done"]
 
 
 async def test_replaying_the_parent_does_not_start_the_child_again(engine: Engine, dsn: str) -> None:
     handle = await engine.start(parent, ["slowpoke"])
     async with engine.worker(workflows=[parent, child]):
         await wait_until(lambda: _is(handle, "waiting"), message="parent waiting")
-        assert (await handle.info()).waiting_on == f"run:{handle.run_id}:1"
+        assert (await handle.info()).waiting_on == f"run:{handle.run_id}::1"
         gate("slowpoke").set()  # the child finishes; the parent is replayed from its log
         assert await handle.result(timeout=10) == ["slowpoke done"]
     assert sql_value(dsn, "SELECT count(*) FROM werkfluss.runs WHERE parent_id IS NOT NULL") == 1
@@ -179,7 +181,7 @@ async def test_cancelling_a_waiting_parent_cancels_its_child(engine: Engine) -> 
         assert await engine.cancel(handle.run_id) is True
         with pytest.raises(RunCancelled):
             await handle.result(timeout=5)
-        kid = engine.handle(f"{handle.run_id}:1")
+        kid = engine.handle(f"{handle.run_id}::1")
         with pytest.raises(RunCancelled):
             await kid.result(timeout=5)
         await wait_until(lambda: _async(CANCELLED == ["stuck"]), message="child's step cancelled")
@@ -196,15 +198,15 @@ async def test_cancelling_a_child_raises_run_cancelled_in_its_parent(engine: Eng
     handle = await engine.start(tolerant)
     async with engine.worker(workflows=[tolerant, child]):
         await wait_until(lambda: _async(CALLS["doomed"] == 1), message="child step running")
-        await engine.cancel(f"{handle.run_id}:1")
-        assert await handle.result(timeout=10) == f"child cancelled: run {handle.run_id}:1 was cancelled"
+        await engine.cancel(f"{handle.run_id}::1")
+        assert await handle.result(timeout=10) == f"child cancelled: run {handle.run_id}::1 was cancelled"
 
 
 async def test_a_child_that_loses_a_race_is_cancelled(engine: Engine) -> None:
     handle = await engine.start(impatient)
     async with engine.worker(workflows=[impatient, child]):
         assert await handle.result(timeout=10) == [1, None]
-        kid = engine.handle(f"{handle.run_id}:1")
+        kid = engine.handle(f"{handle.run_id}::1")
         await wait_until(lambda: _is(kid, "cancelled"), message="losing child cancelled")
 
 
@@ -229,7 +231,7 @@ async def test_a_failing_step_gathered_with_a_child_fails_at_once(engine: Engine
     handle = await engine.start(gather_fails)
     async with engine.worker(workflows=[gather_fails, child]):
         assert await handle.result(timeout=10) == "failed fast: now not found"
-        kid = engine.handle(f"{handle.run_id}:1")
+        kid = engine.handle(f"{handle.run_id}::1")
         await wait_until(lambda: _is(kid, "cancelled"), message="child cancelled with its parent")
 
 
@@ -247,7 +249,7 @@ async def test_children_started_in_an_earlier_claim_are_cancelled_when_the_paren
     handle = await engine.start(napping_parent)
     async with engine.worker(workflows=[napping_parent, child]):
         assert await handle.result(timeout=10) == "parent done"
-        kid = engine.handle(f"{handle.run_id}:1")
+        kid = engine.handle(f"{handle.run_id}::1")
         await wait_until(lambda: _is(kid, "cancelled"), message="child cancelled with its parent")
 
 

@@ -51,7 +51,7 @@ async def test_a_sleeping_run_leaves_the_worker_and_resumes_when_due(engine: Eng
         assert info.wake_at is not None
         assert info.waiting_on is None
         # No coroutine, no slot held while it sleeps.
-        await wait_until(lambda: _async(worker._held == {}), message="worker holds nothing")
+        await wait_until(lambda: _async(worker.held == 0), message="worker holds nothing")
         assert await handle.result(timeout=10) == ["before", "after"]
         finished = (await handle.info()).finished_at
     assert finished is not None
@@ -107,7 +107,7 @@ async def test_many_sleeping_runs_cost_a_worker_nothing(engine: Engine, dsn: str
                            == 300),
             timeout=30, message="all runs asleep",
         )
-        await wait_until(lambda: _async(worker._held == {}), message="worker holds nothing")
+        await wait_until(lambda: _async(worker.held == 0), message="worker holds nothing")
     assert sql_value(dsn, "SELECT count(*) FROM werkfluss.queue WHERE lease_id IS NOT NULL") == 0
     assert len(handles) == 300
 

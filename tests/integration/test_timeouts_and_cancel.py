@@ -103,7 +103,7 @@ async def test_a_timed_out_parent_leaves_no_child_running(engine: Engine) -> Non
     handle = await engine.start(parent, "orphan", timeout="0.3s")
     async with engine.worker(workflows=[parent, busy]):
         await _timed_out(handle, within=5)
-        kid = engine.handle(f"{handle.run_id}:1")
+        kid = engine.handle(f"{handle.run_id}::1")
         with pytest.raises(RunCancelled):
             await kid.result(timeout=5)
         await wait_until(lambda: _async(CANCELLED == ["orphan"]), message="child's step cancelled")

@@ -1,4 +1,4 @@
-"""werkfluss.errors, and exceptions rebuilt from their log records (replay.rebuild_exception)."""
+"""werkfluss.errors, and exceptions rebuilt from their log records (failures.rebuild_exception)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from werkfluss.errors import (
     StepFailed,
     WerkflussError,
 )
-from werkfluss.runtime.replay import error_record, rebuild_exception, type_name
+from werkfluss.runtime.failures import error_record, rebuild_exception, type_name
 
 
 class InsufficientFunds(Exception):

@@ -5,70 +5,91 @@
         label = await print_label(order_id)     # print_label is a @workflow: a child run
         return label
 
-The child is a run of its own (own id ``<parent id>:<seq>``, own log, linked
-by ``parent_id``), started in the same transaction that records its start in
-the parent's log, so a replayed parent never starts it twice. The parent
-waits passively (status ``waiting``) and returns the child's result, or
-raises :class:`RunFailed` / :class:`RunCancelled`, which it may catch.
-Children that are still running when their parent ends are cancelled.
+The child is a run of its own (id ``<parent id>::<seq>``, own log, linked by
+``parent_id``). Run ids containing ``::`` are reserved for child runs, so no
+user-chosen id can take a child's. Starting a child is idempotent by its id:
+a replayed parent never starts it twice. The parent waits passively (status
+``waiting``) and returns the child's result, or raises :class:`RunFailed` /
+:class:`RunCancelled`, which it may catch; the outcome it saw is recorded in
+its own log. Children still running when their parent ends are cancelled.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from werkfluss import serializer
 from werkfluss.errors import RunCancelled, RunFailed
-from werkfluss.runtime import context
-from werkfluss.runtime.replay import RunExecution
-from werkfluss.runtime.waits import parse_time, utcnow
-from werkfluss.store.recorder import Lease
+from werkfluss.limits import CHILD_ID_SEPARATOR
+from werkfluss.records import LogRecord
+from werkfluss.runtime.context import error_from_json
+from werkfluss.runtime.durable import DurableCall
 
 if TYPE_CHECKING:
+    from werkfluss.runtime.instance import WorkflowInstance
     from werkfluss.runtime.workflows import Workflow
 
 
 def child_run_id(parent_id: str, seq: int) -> str:
-    return f"{parent_id}:{seq}"
+    return f"{parent_id}{CHILD_ID_SEPARATOR}{seq}"
 
 
-def call_child(
-    execution: RunExecution, workflow: Workflow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    seq, recorded = execution.next_seq("child", workflow.name)
-    execution.children_started = True  # the run cancels unfinished children when it ends
-    return execution.register_call(_child(execution, seq, recorded, workflow, args, kwargs), seq)
+class ChildCall(DurableCall):
+    """Awaiting a ``@workflow`` inside a run: a child run."""
 
+    kind = "child"
+    delivers = True
 
-async def _child(
-    execution: RunExecution,
-    seq: int,
-    recorded: dict[str, Any] | None,
-    workflow: Workflow[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
-    execution.check(recorded)
-    if recorded is not None:
-        child_id = recorded["output"]["run_id"]
-    else:
-        await execution.before_durable()
+    def __init__(self, workflow: Workflow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.workflow = workflow
+        self.name = workflow.name
         what = f"child workflow {workflow.name}"
-        args_json = serializer.dumps(list(args), what=f"the arguments of {what}")
-        kwargs_json = serializer.dumps(kwargs, what=f"the keyword arguments of {what}")
-        child_id = child_run_id(execution.run_id, seq)
-        lease: Lease = execution.lease
-        await execution.write(execution.recorder.start_child(
-            lease, seq, child_id, workflow.name, args_json, kwargs_json, utcnow()
-        ))
-    branch = context.race_branch_for(seq)
-    if branch is not None:
-        branch.child_id = child_id
-    outcome = await execution.waits.until("child", child_id, lambda: execution.waits.children.get(child_id))
-    if branch is not None:
-        branch.event_time = parse_time(outcome["finished_at"]) if outcome.get("finished_at") else None
-    if outcome["status"] == "completed":
-        return serializer.decode(outcome["result"])
-    if outcome["status"] == "failed":
-        raise RunFailed.from_record(child_id, outcome.get("error"))
-    raise RunCancelled(child_id)
+        self._args = serializer.dumps(list(args), what=f"the arguments of {what}")
+        self._kwargs = serializer.dumps(kwargs, what=f"the keyword arguments of {what}")
+        self._input = f'{{"args":{self._args},"kwargs":{self._kwargs}}}'
+        self.child_id = ""
+        self.legacy = False  # started by an older release: its outcome is not recorded here
+
+    def input_json(self) -> str:
+        return self._input
+
+    def begin(self, run: WorkflowInstance, seq: int) -> None:
+        self.child_id = child_run_id(run.run_id, seq)
+        self.wait_key = f"run:{self.child_id}"
+        run.start_child(seq, self.child_id, self.workflow.name, self._args, self._kwargs)
+
+    def restore(self, run: WorkflowInstance, seq: int, record: LogRecord) -> None:
+        # A legacy record: the child's start, written by releases before 0.2.
+        output = json.loads(record.output or "{}")
+        self.child_id = str(output.get("run_id", f"{run.run_id}:{seq}"))
+        self.wait_key = f"run:{self.child_id}"
+        self.legacy = True
+        run.has_children = True
+
+    def deliverable(self, run: WorkflowInstance, seq: int) -> LogRecord | None:
+        outcome = run.child_outcome(self.child_id)
+        if outcome is None:
+            return None
+        head = f'{{"run_id":{json.dumps(self.child_id)},"status":{json.dumps(outcome.status)}'
+        if outcome.status == "completed":
+            output = f'{head},"result":{outcome.result or "null"}}}'
+            return LogRecord(seq=seq, kind="child", name=self.name or "", status="completed",
+                             input=self._input, output=output, started_at=outcome.finished_at)
+        return LogRecord(seq=seq, kind="child", name=self.name or "", status="failed",
+                         input=self._input, output=head + "}", error=outcome.error,
+                         started_at=outcome.finished_at)
+
+    def resolve(self, run: WorkflowInstance, record: LogRecord) -> Any:
+        output = json.loads(record.output or "{}")
+        child_id = str(output.get("run_id", self.child_id))
+        status = output.get("status", record.status)
+        if status == "completed":
+            return serializer.decode(output.get("result"))
+        if status == "cancelled":
+            raise RunCancelled(child_id)
+        raise RunFailed.from_record(child_id, error_from_json(record.error))
+
+    def cancel(self, run: WorkflowInstance, seq: int) -> None:
+        if self.child_id:
+            run.cancel_child(self.child_id)

@@ -1,50 +1,47 @@
-"""Where code is running: inside a workflow run, inside a step, or neither.
+"""Where code is running, and the deterministic helpers for workflow code.
 
-Two context variables carry it. A workflow's task sees its
-:class:`~werkfluss.runtime.replay.RunExecution`; a step body sees ``None`` there (so
-steps it calls are plain function calls) and its :class:`StepInfo` instead.
+Workflow code runs on a :class:`~werkfluss.runtime.loop.WorkflowLoop`; the
+running loop therefore tells whether a call happens inside a run. A step body
+runs on the worker's real loop (or in a thread), where steps it calls are
+plain function calls, and sees its :class:`StepInfo`.
+
+Workflow code must be deterministic: the same log must lead it to the same
+calls. Use :func:`now` and :func:`uuid4` instead of ``datetime.now()`` and
+``uuid.uuid4()`` (their values are recorded, so a replay sees the same ones),
+and do I/O only inside steps.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Callable
+import json
+import uuid as uuid_module
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from werkfluss import serializer
 from werkfluss.errors import NotInRunError
+from werkfluss.records import LogRecord
+from werkfluss.runtime.durable import DurableCall
+from werkfluss.runtime.loop import WorkflowLoop
 
 if TYPE_CHECKING:
-    from werkfluss.runtime.replay import RunExecution
+    from werkfluss.runtime.instance import WorkflowInstance
 
-_execution: ContextVar[RunExecution | None] = ContextVar("werkfluss_execution", default=None)
 _step: ContextVar[StepInfo | None] = ContextVar("werkfluss_step", default=None)
-_race_branch: ContextVar[RaceBranch | None] = ContextVar("werkfluss_race_branch", default=None)
 # True inside a workflow called as a plain function (outside any run): its step
 # calls are awaited like in a run, so sync steps return awaitables there too.
 _plain_workflow: ContextVar[bool] = ContextVar("werkfluss_plain_workflow", default=False)
 
 
-class RaceBranch:
-    """Set in the task that runs one branch of a ``race()``: the durable call
-    at ``seq`` does not record its own outcome (the race records the winner's)."""
-
-    __slots__ = ("child_id", "consumes", "counted", "event_time", "release", "seq")
-
-    def __init__(self, seq: int | None) -> None:
-        self.seq = seq
-        self.counted = False  # counts as activity (not blocked, or finished but not yet seen)
-        self.consumes: int | None = None  # a hook payload taken by this branch
-        self.release: Callable[[], None] | None = None  # gives the payload back if it loses
-        self.child_id: str | None = None  # a child run to cancel if it loses
-        self.event_time: dt.datetime | None = None  # when its outcome happened
-
-
-def race_branch_for(seq: int) -> RaceBranch | None:
-    """The race branch this durable call is, if it is one."""
-    branch = _race_branch.get()
-    return branch if branch is not None and branch.seq == seq else None
+def current_instance() -> WorkflowInstance | None:
+    """The run whose workflow code is executing right now, if any."""
+    loop = asyncio._get_running_loop()
+    if isinstance(loop, WorkflowLoop):
+        return loop.instance
+    return None
 
 
 @dataclass(frozen=True)
@@ -82,6 +79,59 @@ def step_info() -> StepInfo:
     return info
 
 
-def current_execution() -> RunExecution | None:
-    """The run whose workflow code is executing in this task, if any."""
-    return _execution.get()
+class _ValueCall(DurableCall):
+    """A value fixed when first computed and recorded: ``now()`` and ``uuid4()``."""
+
+    def __init__(self, kind: str, make: Any) -> None:
+        self.kind = kind  # type: ignore[misc]
+        self.name = kind
+        self._make = make
+
+    def begin(self, run: WorkflowInstance, seq: int) -> Any:
+        value = self._make(run)
+        run.emit_record(LogRecord(
+            seq=seq, kind=self.kind, name=self.kind, status="completed",
+            output=serializer.dumps(value, what=f"the value of {self.kind}()"),
+            started_at=run.workflow_time, finished_at=run.workflow_time,
+        ))
+        return value
+
+    def restore(self, run: WorkflowInstance, seq: int, record: LogRecord) -> Any:
+        return serializer.loads(record.output)
+
+
+def now() -> dt.datetime:
+    """The current time (UTC). Inside a workflow the value is recorded, so a
+    replay returns the same one; outside a run it is ``datetime.now(UTC)``.
+
+        @workflow
+        async def invoice(order_id: str) -> None:
+            issued = werkfluss.now()
+            await send_invoice(order_id, issued)
+    """
+    run = current_instance()
+    if run is None:
+        return dt.datetime.now(dt.UTC)
+    value: dt.datetime = run.call_now(_ValueCall("now", lambda r: r.now()))
+    return value
+
+
+def uuid4() -> uuid_module.UUID:
+    """A random UUID. Inside a workflow the value is recorded, so a replay
+    returns the same one; outside a run it is ``uuid.uuid4()``."""
+    run = current_instance()
+    if run is None:
+        return uuid_module.uuid4()
+    value: uuid_module.UUID = run.call_now(_ValueCall("uuid", lambda r: uuid_module.uuid4()))
+    return value
+
+
+def error_from_json(text: str | None) -> dict[str, Any]:
+    """An error record stored as JSON text (``{}`` if there is none or it is unreadable)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return {"type": "UnknownError", "message": text[:1000]}
+    return value if isinstance(value, dict) else {"type": "UnknownError", "message": str(value)[:1000]}

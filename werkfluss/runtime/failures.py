@@ -32,16 +32,26 @@ def type_name(exc: BaseException) -> str:
 def error_record(exc: BaseException) -> dict[str, Any]:
     """The JSON-able record of an exception: type, message, traceback (and args to rebuild it)."""
     record: dict[str, Any] = {
-        "type": type_name(exc),
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-        "class": f"{type(exc).__module__}:{type(exc).__qualname__}",
+        "type": _storable(type_name(exc)),
+        "message": _storable(str(exc)),
+        "traceback": _storable("".join(traceback.format_exception(exc))),
+        "class": _storable(f"{type(exc).__module__}:{type(exc).__qualname__}"),
     }
     try:
+        serializer.dumps(list(exc.args))  # refuses what PostgreSQL could not store
         record["args"] = serializer.encode(list(exc.args))
     except Exception:  # args that are not serializable: the exception is rebuilt as StepFailed
         pass
     return record
+
+
+def _storable(text: str) -> str:
+    """Text PostgreSQL can store: no NUL, no lone surrogates (replaced, visibly)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def error_json(exc: BaseException) -> str:

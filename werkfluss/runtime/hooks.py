@@ -8,7 +8,7 @@
         return decision["approved"]
 
 Deliver with ``await engine.send(token, payload)``,
-``SELECT werkfluss.send(token, payload)`` or ``python -m werkfluss send TOKEN JSON``.
+``SELECT werkfluss.send(token, payload)`` or ``werkfluss send TOKEN JSON``.
 
 * A generated token is ``wfh_`` followed by 256 random bits, so ``send`` can
   refuse a token that was never issued. A token you choose is yours for good:
@@ -21,53 +21,68 @@ Deliver with ``await engine.send(token, payload)``,
 * A payload sent before the run reaches ``wait()`` is kept and delivered. For
   a token you chose, it may even arrive before the hook exists; the first
   such payload is kept, a second one is refused.
-* Payloads are delivered in the order they were received.
+* Payloads are delivered in the order they were received; each wait records
+  the payload it received, so a replay receives the same one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from werkfluss import serializer
 from werkfluss.durations import Duration, parse_duration
 from werkfluss.errors import HookConflict, InvalidArgument, NotInRunError
-from werkfluss.runtime import context
-from werkfluss.runtime.failures import rebuild_exception
-from werkfluss.runtime.replay import RunExecution
-from werkfluss.runtime.waits import parse_time, utcnow
-from werkfluss.store.recorder import EventRecord
+from werkfluss.limits import MAX_TOKEN_LENGTH
+from werkfluss.records import LogRecord
+from werkfluss.runtime import commands as cmd
+from werkfluss.runtime.context import current_instance, error_from_json
+from werkfluss.runtime.durable import DurableCall
+from werkfluss.runtime.failures import error_record, rebuild_exception
+
+if TYPE_CHECKING:
+    from werkfluss.runtime.instance import WorkflowInstance
 
 TOKEN_PREFIX = "wfh_"
-MAX_TOKEN_LENGTH = 500
+
+_UNKNOWN = object()  # the database has not answered the hook's creation yet
 
 
 class Hook:
     """A hook of the current run; ``token`` is what senders use."""
 
-    def __init__(self, execution: RunExecution, seq: int, token: str, multi: bool) -> None:
-        self._execution = execution
+    def __init__(self, run: WorkflowInstance, seq: int, token: str, multi: bool) -> None:
+        self._run = run
         self.seq = seq
         self.token = token
         self.multi = multi
+        self._creation: Any = _UNKNOWN  # None: created; a dict: the error record
 
     def __repr__(self) -> str:
         return f"<werkfluss hook {self.token}>"
 
+    @property
+    def creation_known(self) -> bool:
+        return self._creation is not _UNKNOWN
+
+    @property
+    def creation_error(self) -> dict[str, Any] | None:
+        return None if self._creation is _UNKNOWN else self._creation  # type: ignore[no-any-return]
+
+    def created(self, error: dict[str, Any] | None) -> None:
+        self._creation = error
+
     def wait(self, timeout: Duration | None = None) -> Any:
         """Await the next payload; ``TimeoutError`` if none arrives within ``timeout``."""
-        execution = self._current()
+        run = self._current()
         if timeout is None:
-            seq, recorded = execution.next_seq("receive", self.token)
-            return execution.register_call(self._receive(seq, recorded), seq)
+            return run.awaitable(run.call(ReceiveCall(self)))
         seconds = parse_duration(timeout, what="hook wait timeout")
         from werkfluss.runtime.racing import race
         from werkfluss.runtime.timers import sleep
 
-        outcome = race(self.wait(), sleep(seconds))
-        return self._first_or_timeout(outcome, seconds)
+        return self._first_or_timeout(race(self.wait(), sleep(seconds)), seconds)
 
     async def _first_or_timeout(self, outcome: Any, seconds: float) -> Any:
         index, value = await outcome
@@ -76,49 +91,84 @@ class Hook:
         return value
 
     def __aiter__(self) -> Hook:
+        run = self._current()
         if not self.multi:
             self.multi = True
-            execution = self._current()
-            execution.defer(asyncio.ensure_future(execution.recorder.mark_multi(self.token)))
+        run.emit(cmd.MarkHookMulti(self.token))
         return self
 
     async def __anext__(self) -> Any:
         return await self.wait()
 
-    def _current(self) -> RunExecution:
-        execution = context.current_execution()
-        if execution is not self._execution:
+    def _current(self) -> WorkflowInstance:
+        run = current_instance()
+        if run is not self._run:
             raise NotInRunError(
-                f"hook {self.token} belongs to run {self._execution.run_id}; wait for it in that "
+                f"hook {self.token} belongs to run {self._run.run_id}; wait for it in that "
                 "run's workflow code (not inside a step)"
             )
-        return execution
+        return run
 
-    async def _receive(self, seq: int, recorded: dict[str, Any] | None) -> Any:
-        execution = self._execution
-        execution.check(recorded)
-        if recorded is not None:
-            if recorded["status"] == "completed":
-                return serializer.decode(recorded["output"])
-            raise rebuild_exception(recorded["error"], where=f" for run {execution.run_id} seq {seq}")
-        await execution.before_durable()
-        entry = await execution.waits.until(
-            "hook", self.token, lambda: execution.waits.take_payload(self.token)
-        )
-        branch = context.race_branch_for(seq)
-        if branch is not None:  # the race records the payload, if this branch wins
-            branch.consumes = int(entry["id"])
-            branch.release = lambda: execution.waits.give_back(entry)
-            branch.event_time = parse_time(entry["received_at"])
-            return serializer.decode(entry["payload"])
-        now = utcnow()
-        await execution.record(EventRecord(
-            seq=seq, kind="receive", name=self.token, status="completed",
-            input=None, output=json.dumps(entry["payload"], ensure_ascii=False),
-            error=None, attempts=1, started_at=now, finished_at=now, consumes=int(entry["id"]),
-        ))
-        execution.waits.consumed(entry)
-        return serializer.decode(entry["payload"])
+
+class HookCall(DurableCall):
+    """``hook()``: the hook's creation is recorded with its token."""
+
+    kind = "hook"
+
+    def __init__(self, token: str | None, multi: bool) -> None:
+        self.name = token  # None (generated) matches the recorded token, whatever it is
+        self.multi = multi
+
+    def begin(self, run: WorkflowInstance, seq: int) -> Hook:
+        token = self.name or TOKEN_PREFIX + secrets.token_urlsafe(32)
+        hook = Hook(run, seq, token, self.multi)
+        run.register_hook(token, hook)
+        run.create_hook(seq, token, self.multi)
+        return hook
+
+    def restore(self, run: WorkflowInstance, seq: int, record: LogRecord) -> Hook:
+        output = _loads(record.output) or {}
+        token = output.get("token", record.name) if isinstance(output, dict) else record.name
+        multi = bool(output.get("multi")) if isinstance(output, dict) else False
+        hook = Hook(run, seq, str(token), multi or self.multi)
+        if record.status == "failed":
+            hook.created(error_from_json(record.error) or error_record(HookConflict(token, None)))
+        else:
+            hook.created(None)
+        run.register_hook(hook.token, hook)
+        return hook
+
+
+class ReceiveCall(DurableCall):
+    """``await hook.wait()``: the payload it received is recorded."""
+
+    kind = "receive"
+    delivers = True
+
+    def __init__(self, hook: Hook) -> None:
+        self.hook = hook
+        self.name = hook.token
+        self.wait_key = f"hook:{hook.token}"
+
+    def deliverable(self, run: WorkflowInstance, seq: int) -> LogRecord | None:
+        hook = self.hook
+        if not hook.creation_known:
+            return None
+        error = hook.creation_error
+        if error is not None:
+            return LogRecord(seq=seq, kind="receive", name=hook.token, status="failed",
+                             error=json.dumps(error, ensure_ascii=False))
+        payload = run.take_payload(hook.token)
+        if payload is None:
+            return None
+        return LogRecord(seq=seq, kind="receive", name=hook.token, status="completed",
+                         output=payload.payload, started_at=payload.received_at, consumes=payload.id)
+
+    def resolve(self, run: WorkflowInstance, record: LogRecord) -> Any:
+        if record.status == "completed":
+            return serializer.loads(record.output)
+        raise rebuild_exception(error_from_json(record.error),
+                                where=f" for run {run.run_id} seq {record.seq}")
 
 
 def hook(token: str | None = None, *, multi: bool = False) -> Hook:
@@ -127,8 +177,8 @@ def hook(token: str | None = None, *, multi: bool = False) -> Hook:
     ``token``: choose the token yourself (e.g. ``"order-42:approval"``);
     default: an unguessable generated one. ``multi``: accept many payloads.
     """
-    execution = context.current_execution()
-    if execution is None:
+    run = current_instance()
+    if run is None:
         raise NotInRunError(
             "hook() works only inside a workflow run: a hook belongs to the run that waits for it"
         )
@@ -141,28 +191,12 @@ def hook(token: str | None = None, *, multi: bool = False) -> Hook:
             )
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidArgument(f"a hook token is at most {MAX_TOKEN_LENGTH} characters")
-    seq, recorded = execution.next_seq("hook", token)
-    if recorded is not None and not recorded.get("mismatch"):
-        if recorded["status"] == "failed":
-            execution.defer(error=rebuild_exception(recorded["error"]))
-            return Hook(execution, seq, recorded["name"], multi)
-        output = recorded["output"]
-        return Hook(execution, seq, output["token"], bool(output.get("multi")) or multi)
-    if recorded is not None:  # a mismatch: raised at the next durable call
-        execution.defer(error=execution.nondeterminism)
-        return Hook(execution, seq, token or "", multi)
-    chosen = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
-    execution.defer(_create(execution, seq, chosen, multi))
-    return Hook(execution, seq, chosen, multi)
+    created: Hook = run.call_now(HookCall(token, multi))
+    return created
 
 
-def _create(execution: RunExecution, seq: int, token: str, multi: bool) -> Any:
-    async def create() -> None:
-        status, error, early = await execution.write(
-            execution.recorder.create_hook(execution.lease, seq, token, multi, utcnow())
-        )
-        if status == "failed":
-            raise rebuild_exception(error) if error else HookConflict(token, None)
-        execution.waits.add_inputs(execution.waits.seen_wakeups, early, [])
-
-    return asyncio.ensure_future(create())
+def _loads(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except (ValueError, RecursionError):
+        return None

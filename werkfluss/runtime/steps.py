@@ -13,22 +13,27 @@ replays deterministically. Outside a run a step is the plain function.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import functools
 import inspect
-import time
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from werkfluss import serializer, telemetry
+from werkfluss import serializer
 from werkfluss.durations import Duration, optional_duration, parse_duration
-from werkfluss.errors import FatalError, InvalidArgument, SerializationError
+from werkfluss.errors import InvalidArgument, StepFailed
+from werkfluss.records import LogRecord
 from werkfluss.runtime import context
+from werkfluss.runtime.durable import DurableCall
+from werkfluss.runtime.failures import rebuild_exception
+
+if TYPE_CHECKING:
+    from werkfluss.runtime.instance import WorkflowInstance
 
 P = ParamSpec("P")
+MAX_RETRIES = 1000
+MAX_BACKOFF = 100.0
+MAX_RETRY_DELAY = 86400.0  # seconds: no single wait between attempts is longer than a day
 R = TypeVar("R")
 
 
@@ -42,8 +47,12 @@ class StepOptions:
     timeout: float | None = None
 
     def delay_before(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based)."""
-        return self.retry_delay * (self.backoff ** (retry - 1))
+        """Seconds to wait before retry number ``retry`` (1-based), at most a day."""
+        try:
+            delay = self.retry_delay * (self.backoff ** (retry - 1))
+        except OverflowError:
+            return MAX_RETRY_DELAY
+        return min(delay, MAX_RETRY_DELAY)
 
 
 class Step(Generic[P, R]):
@@ -63,12 +72,12 @@ class Step(Generic[P, R]):
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        execution = context.current_execution()
-        if execution is None:
+        run = context.current_instance()
+        if run is None:
             if context._plain_workflow.get():
                 return _plain_step(self, args, kwargs)
             return self.fn(*args, **kwargs)
-        return execution.call_step(self, args, kwargs)
+        return await_call(run, StepCall(self, args, kwargs))
 
     def __repr__(self) -> str:
         return f"<werkfluss step {self.name}>"
@@ -119,10 +128,11 @@ def step(
       stopped and finishes in the background).
     * ``name`` — the name recorded in the log (default ``module.qualname``).
     """
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise InvalidArgument(f"retries must be a whole number >= 0, got {retries!r}")
-    if not isinstance(backoff, (int, float)) or backoff < 1:
-        raise InvalidArgument(f"backoff must be a number >= 1, got {backoff!r}")
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= MAX_RETRIES:
+        raise InvalidArgument(f"retries must be a whole number from 0 to {MAX_RETRIES}, got {retries!r}")
+    if (not isinstance(backoff, (int, float)) or isinstance(backoff, bool)
+            or not 1 <= backoff <= MAX_BACKOFF):
+        raise InvalidArgument(f"backoff must be a number from 1 to {MAX_BACKOFF:g}, got {backoff!r}")
     options = StepOptions(
         retries=retries,
         retry_delay=parse_duration(retry_delay, what="retry_delay"),
@@ -131,6 +141,8 @@ def step(
     )
     if options.timeout == 0:
         raise InvalidArgument("timeout must be positive")
+    if options.retry_delay > MAX_RETRY_DELAY:
+        raise InvalidArgument(f"retry_delay must be at most a day ({MAX_RETRY_DELAY:g}s), got {retry_delay!r}")
 
     def decorate(func: Callable[..., Any]) -> Any:
         if isinstance(func, (Step,)):
@@ -148,96 +160,46 @@ def step(
     return decorate
 
 
-@dataclass
-class StepOutcome:
-    """What running a step's attempts produced (before it is recorded)."""
-
-    ok: bool
-    output: str | None  # JSON text when ok
-    error: BaseException | None
-    attempts: int
 
 
-async def run_attempts(
-    step_: Step[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    info: context.StepInfo,
-    executor: Executor | None,
-) -> StepOutcome:
-    """Run a step body with its retries, delays and timeout. Never raises for
-    the body's own exceptions (they become a failed outcome); cancellation
-    propagates."""
-    options = step_.options
-    log = telemetry.logger()
-    attempt = 0
-    while True:
-        attempt += 1
-        attempt_info = context.StepInfo(info.run_id, info.workflow, info.step, info.seq, attempt)
-        try:
-            value = await _call_once(step_, args, kwargs, attempt_info, executor)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, FatalError) or attempt > options.retries:
-                return StepOutcome(False, None, exc, attempt)
-            delay = options.delay_before(attempt)
-            log.warning(
-                "step.retrying",
-                run_id=info.run_id,
-                step=info.step,
-                seq=info.seq,
-                attempt=attempt,
-                delay_s=round(delay, 3),
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            await asyncio.sleep(delay)
-            continue
-        try:
-            output = serializer.dumps(value, what=f"the result of step {step_.name}")
-        except SerializationError as exc:
-            return StepOutcome(False, None, exc, attempt)  # retrying cannot help
-        return StepOutcome(True, output, None, attempt)
+class StepCall(DurableCall):
+    """A step call inside a run: executed once, its outcome recorded and replayed."""
+
+    kind = "step"
+    delivers = True
+
+    def __init__(self, step_: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.step = step_
+        self.name = step_.name
+        self.args = args
+        self.kwargs = kwargs
+        # Serialized at the call: an unserializable input raises here, in the
+        # workflow, before anything is recorded.
+        self._input = serializer.dumps(
+            {"args": list(args), "kwargs": kwargs}, what=f"the input of step {step_.name}"
+        )
+
+    def input_json(self) -> str:
+        return self._input
+
+    def begin(self, run: WorkflowInstance, seq: int) -> None:
+        run.execute_step(seq, self.step, self.args, self.kwargs)
+
+    def resolve(self, run: WorkflowInstance, record: LogRecord) -> Any:
+        if record.status == "completed":
+            return serializer.loads(record.output)
+        raise rebuild_exception(
+            context.error_from_json(record.error), where=f" for run {run.run_id} seq {record.seq}"
+        )
+
+    def cancel(self, run: WorkflowInstance, seq: int) -> None:
+        run.cancel_step(seq)
 
 
-async def _call_once(
-    step_: Step[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    info: context.StepInfo,
-    executor: Executor | None,
-) -> Any:
-    # Inside the body: no execution (nested steps are plain calls), and step_info().
-    exec_token = context._execution.set(None)
-    step_token = context._step.set(info)
-    timeout = step_.options.timeout
-    started = time.monotonic()
-    try:
-        if step_.is_async:
-            if timeout is None:
-                return await step_.fn(*args, **kwargs)
-            try:
-                async with asyncio.timeout(timeout):
-                    return await step_.fn(*args, **kwargs)
-            except TimeoutError:
-                if time.monotonic() - started < timeout:
-                    raise  # the body's own TimeoutError, not ours
-                raise TimeoutError(_timeout_message(step_, timeout, info.attempt)) from None
-        loop = asyncio.get_running_loop()
-        call = functools.partial(contextvars.copy_context().run, step_.fn, *args, **kwargs)
-        future = loop.run_in_executor(executor, call)
-        if timeout is None:
-            return await future
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            if time.monotonic() - started < timeout:
-                raise
-            raise TimeoutError(_timeout_message(step_, timeout, info.attempt)) from None
-    finally:
-        context._step.reset(step_token)
-        context._execution.reset(exec_token)
+def await_call(run: WorkflowInstance, call: DurableCall) -> Coroutine[Any, Any, Any]:
+    """Make ``call`` now and return a coroutine that awaits its outcome."""
+    future = run.call(call)
+    return run.awaitable(future)
 
 
-def _timeout_message(step_: Step[..., Any], timeout: float, attempt: int) -> str:
-    return f"step {step_.name} timed out after {timeout:g}s (attempt {attempt})"
+__all__ = ["StepCall", "StepFailed", "StepOptions", "await_call", "step"]

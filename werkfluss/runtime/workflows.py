@@ -36,10 +36,12 @@ class Workflow(Generic[P, R]):
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
-        execution = context.current_execution()
-        if execution is None:
+        run = context.current_instance()
+        if run is None:
             return _plain(self.fn, args, kwargs)
-        return execution.call_child(self, args, kwargs)
+        from werkfluss.runtime.children import ChildCall
+
+        return run.awaitable(run.call(ChildCall(self, args, kwargs)))
 
     def __repr__(self) -> str:
         return f"<werkfluss workflow {self.name}>"

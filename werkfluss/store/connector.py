@@ -23,9 +23,11 @@ from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from werkfluss.errors import (
+    DatabaseBusy,
     DatabaseError,
     DatabaseUnavailable,
     InvalidArgument,
+    RecordRefused,
     RunIdConflict,
     RunNotFound,
     SchemaNotReady,
@@ -33,6 +35,9 @@ from werkfluss.errors import (
 from werkfluss.store.queries import QUERIES
 
 Row = dict[str, Any]
+
+# SQLSTATEs after which the same transaction is expected to succeed when run again.
+_BUSY_STATES = frozenset({"40001", "40P01", "55P03", "57014"})
 Params = Mapping[str, Any]
 
 
@@ -203,7 +208,20 @@ class Connector:
                         cursors.append(cur)
                 return [await cur.fetchall() if cur.description else [] for cur in cursors]
         except psycopg.Error as err:
-            self._raise(err, {})
+            raise self._classify_write_error(err) from err
+        except (UnicodeEncodeError, ValueError, OverflowError) as err:
+            # A value the driver cannot send (e.g. text that is not valid UTF-8).
+            raise RecordRefused(f"the database driver cannot send a value: {err}") from err
+
+    def _classify_write_error(self, err: psycopg.Error) -> Exception:
+        """Writes need to know: retry (busy or unreachable), or isolate the refused value."""
+        state = err.sqlstate or ""
+        if state in _BUSY_STATES:
+            return DatabaseBusy(f"PostgreSQL asked to retry: {self._scrub(str(err).strip())}")
+        if state[:2] in ("22", "54") or state in ("23502", "23514", "2200N"):
+            message = self._scrub(err.diag.message_primary or str(err).strip())
+            return RecordRefused(f"PostgreSQL refused a value: {message}")
+        return translate_error(err, {}, self)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

@@ -1,26 +1,39 @@
-"""The dispatch queue, in domain verbs: claim due runs, find the next due time,
-release runs. (Lease renewal and finishing go through the
-:class:`~werkfluss.store.recorder.Recorder`, serialized with the log writes.)
+"""The dispatch queue, in domain verbs: claim due runs, read their logs and
+inputs, find the next due time.
 
 A claim is one statement: ``SELECT … FOR UPDATE SKIP LOCKED`` picks due runs,
-leases them (``available_at`` becomes the lease expiry), marks them running
-and returns each run with its whole log, so a resumed run is replayed without
-another query.
+leases them to the worker, marks them running and returns what may unblock
+each (undelivered hook payloads, ended children) with the server's clock.
+Logs are read in a second query, only for claimed runs that have a log and
+that the worker does not already have in its cache.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from werkfluss.store.connector import Connector
-from werkfluss.store.recorder import Lease
+from werkfluss.clock import DatabaseClock
+from werkfluss.records import ChildOutcome, LogRecord, Payload
+from werkfluss.store.connector import Connector, Row
+from werkfluss.store.writes import Lease, payload_from_json
 
 
-@dataclass(frozen=True)
+@dataclass
+class RunInputs:
+    """What may unblock a run: undelivered payloads, ended children, the wake-up count."""
+
+    wakeups: int = 0
+    payloads: list[Payload] = field(default_factory=list)
+    children: list[ChildOutcome] = field(default_factory=list)
+    error: str | None = None  # set when the inputs could not be read (a value nobody can decode)
+
+
+@dataclass
 class ClaimedRun:
     run_id: str
     workflow: str
@@ -29,12 +42,13 @@ class ClaimedRun:
     lease: Lease
     claims: int
     previous_worker_id: str | None
-    log: list[dict[str, Any]]
+    taken_over: bool  # the previous holder did not let go (it died or was cut off)
     deadline: dt.datetime | None
     parent_id: str | None
-    wakeups: int
-    inbox: list[dict[str, Any]]
-    children: list[dict[str, Any]]
+    started_at: dt.datetime
+    inputs: RunInputs
+    has_log: bool = False
+    log: list[LogRecord] = field(default_factory=list)
 
 
 async def claim_runs(
@@ -43,36 +57,49 @@ async def claim_runs(
     workflows: Sequence[str],
     limit: int,
     worker_id: str,
-    lease_seconds: float,
+    clock: DatabaseClock | None = None,
 ) -> list[ClaimedRun]:
-    """Lease up to ``limit`` due runs of ``workflows`` for ``worker_id``."""
+    """Lease up to ``limit`` due runs of ``workflows`` to ``worker_id``."""
     if limit <= 0 or not workflows:
         return []
-    rows = await connector.fetch_all(
-        "claim_runs",
-        workflows=list(workflows),
-        limit=limit,
-        worker_id=worker_id,
-        lease_seconds=lease_seconds,
-    )
+    sent = time.monotonic()
+    rows = await connector.fetch_all("claim_runs", workflows=list(workflows), limit=limit, worker_id=worker_id)
+    received = time.monotonic()
+    if rows and clock is not None:
+        clock.observe(rows[0]["db_now"], sent, received)
     return [
         ClaimedRun(
             run_id=row["run_id"],
             workflow=row["workflow"],
-            args=row["args"],  # decoded by the execution: a bad value fails that run only
+            args=row["args"],  # decoded by the run: a bad value fails that run only
             kwargs=row["kwargs"],
             lease=Lease(row["run_id"], str(row["lease_id"])),
             claims=row["claims"],
             previous_worker_id=row["previous_worker_id"],
-            log=json.loads(row["log"]),
+            taken_over=row["previous_worker_id"] is not None,
             deadline=row["deadline"],
             parent_id=row["parent_id"],
-            wakeups=row["wakeups"] or 0,
-            inbox=json.loads(row["inbox"]),
-            children=json.loads(row["children"]),
+            started_at=row["started_at"],
+            inputs=inputs_from_row(row),
+            has_log=row["has_log"],
         )
         for row in rows
     ]
+
+
+async def read_logs(connector: Connector, run_ids: Sequence[str]) -> dict[str, list[LogRecord]]:
+    """The logs of ``run_ids`` (records in seq order)."""
+    logs: dict[str, list[LogRecord]] = {run_id: [] for run_id in run_ids}
+    if not run_ids:
+        return logs
+    for row in await connector.fetch_all("read_logs", run_ids=list(run_ids)):
+        logs[row["run_id"]].append(record_from_row(row))
+    return logs
+
+
+async def run_inputs(connector: Connector, run_id: str) -> RunInputs:
+    row = await connector.fetch_one("run_inputs", run_id=run_id)
+    return inputs_from_row(row) if row is not None else RunInputs()
 
 
 async def seconds_until_due(connector: Connector, *, workflows: Sequence[str]) -> float | None:
@@ -82,14 +109,35 @@ async def seconds_until_due(connector: Connector, *, workflows: Sequence[str]) -
     return None if row is None or row["seconds"] is None else float(row["seconds"])
 
 
-async def release_leases(connector: Connector, leases: Iterable[Lease]) -> list[str]:
-    """Make held runs claimable at once (graceful shutdown); returns the run ids released."""
-    leases = list(leases)
-    if not leases:
-        return []
-    row = await connector.fetch_one(
-        "release_leases",
-        run_ids=[lease.run_id for lease in leases],
-        lease_ids=[lease.lease_id for lease in leases],
+def record_from_row(row: Row) -> LogRecord:
+    return LogRecord(
+        seq=row["seq"], kind=row["kind"], name=row["name"], status=row["status"],
+        input=row["input"], output=row["output"], error=row["error"], attempts=row["attempts"],
+        started_at=row["started_at"], finished_at=row["finished_at"],
     )
-    return list(row["run_ids"]) if row else []
+
+
+def inputs_from_row(row: Row) -> RunInputs:
+    """Parse what ``_run_inputs`` returned; a value nobody can decode is reported, not raised."""
+    inputs = RunInputs(wakeups=row.get("wakeups") or 0)
+    try:
+        inputs.payloads = [payload_from_json(p) for p in json.loads(row["inbox"] or "[]")]
+        inputs.children = [_child(c) for c in json.loads(row["children"] or "[]")]
+    except (ValueError, TypeError, KeyError, RecursionError) as err:
+        inputs.error = f"{type(err).__name__}: {err}"[:500]
+    return inputs
+
+
+def _child(entry: dict[str, Any]) -> ChildOutcome:
+    finished = entry.get("finished_at")
+    if isinstance(finished, str):
+        finished = dt.datetime.fromisoformat(finished)
+    result = entry.get("result")
+    error = entry.get("error")
+    return ChildOutcome(
+        run_id=str(entry["run_id"]),
+        status=str(entry["status"]),
+        result=None if result is None else json.dumps(result, ensure_ascii=False, separators=(",", ":")),
+        error=None if error is None else json.dumps(error, ensure_ascii=False),
+        finished_at=finished,
+    )

@@ -1,0 +1,271 @@
+"""The deterministic event loop that workflow code runs on.
+
+Each run's workflow code runs on its own :class:`WorkflowLoop`, an
+``asyncio.AbstractEventLoop`` that werkfluss owns (the approach of Temporal's
+Python SDK). The loop does no I/O and has no clock of its own:
+
+* ``run_until_idle()`` runs ready callbacks, in the order they were
+  scheduled, until none is left. Then the run is *blocked*, as a fact: every
+  task of the workflow waits on a future that only a durable call's outcome
+  (or a durable timer) can resolve.
+* ``time()`` is the run's *workflow time*: the database time of the event
+  being processed, the same on every replay.
+* ``call_at``/``call_later`` are durable timers: ``asyncio.sleep``,
+  ``asyncio.wait_for`` and ``asyncio.timeout`` inside a workflow therefore
+  sleep durably and replay to the same outcome.
+* Everything that would do I/O (sockets, subprocesses, threads, signals)
+  raises :class:`~werkfluss.errors.WorkflowSandboxError`: such work belongs in
+  a ``@step``.
+
+Step bodies never run here; they run on the worker's real loop or in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+from collections.abc import Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from werkfluss.errors import WorkflowSandboxError
+
+if TYPE_CHECKING:
+    from werkfluss.runtime.instance import WorkflowInstance
+
+T = TypeVar("T")
+
+
+class DurableTimerHandle(asyncio.TimerHandle):
+    """A timer of the workflow loop; backed by a durable timer of the run."""
+
+    def __init__(
+        self,
+        when: float,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: WorkflowLoop,
+        context: contextvars.Context | None,
+        seq: int,
+    ) -> None:
+        super().__init__(when, callback, args, loop, context)
+        self.seq = seq
+
+
+class WorkflowLoop(asyncio.AbstractEventLoop):
+    """An event loop for one run's workflow code (see the module docs)."""
+
+    def __init__(self, instance: WorkflowInstance) -> None:
+        self.instance = instance
+        self._ready: collections.deque[asyncio.Handle] = collections.deque()
+        self._errors: list[BaseException] = []
+        self._closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- driving ----------------------------------------------------------------
+
+    def run_until_idle(self) -> None:
+        """Run ready callbacks until none is left (the run is then blocked or done).
+
+        Unhandled exceptions of callbacks (a bug in werkfluss, or an error
+        escaping a done-callback) are collected in :attr:`errors`.
+        """
+        previous = asyncio._get_running_loop()
+        asyncio._set_running_loop(self)
+        try:
+            while self._ready:
+                handle = self._ready.popleft()
+                if not handle._cancelled:
+                    handle._run()
+        finally:
+            asyncio._set_running_loop(previous)
+
+    @property
+    def has_ready(self) -> bool:
+        return bool(self._ready)
+
+    def take_errors(self) -> list[BaseException]:
+        errors, self._errors = self._errors, []
+        return errors
+
+    # --- what asyncio calls ------------------------------------------------------
+
+    def call_soon(
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        return self.call_at(self.time() + delay, callback, *args, context=context)
+
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        return self.instance.start_timer(when, callback, args, context)
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        if isinstance(handle, DurableTimerHandle):
+            self.instance.cancel_timer(handle)
+
+    def time(self) -> float:
+        return self.instance.workflow_time.timestamp()
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(  # type: ignore[override]
+        self,
+        coro: Coroutine[Any, Any, T] | Generator[Any, None, T],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Task[T]:
+        task: asyncio.Task[T] = asyncio.Task(coro, loop=self, name=name, context=context)  # type: ignore[arg-type]
+        # A run that leaves this worker drops its loop with tasks still pending;
+        # that is expected, not something to warn about.
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def close_tasks(self) -> None:
+        """Close the coroutines of unfinished tasks (the run leaves this worker).
+
+        Runs with this loop as the running loop, so workflow code in a
+        ``finally:`` still sees it is in a run (and its durable calls refused).
+        """
+        previous = asyncio._get_running_loop()
+        asyncio._set_running_loop(self)
+        try:
+            for task in list(self._tasks):
+                if task.done():
+                    continue
+                coro = task.get_coro()
+                try:
+                    coro.close()  # type: ignore[union-attr]
+                except BaseException as err:  # a workflow that will not close is dropped anyway
+                    self._errors.append(err)
+        finally:
+            asyncio._set_running_loop(previous)
+            self._tasks.clear()
+
+    def get_debug(self) -> bool:
+        return False
+
+    def is_running(self) -> bool:
+        return True
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.clear()
+
+    def get_task_factory(self) -> None:
+        return None
+
+    def get_exception_handler(self) -> None:
+        return None
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        self.call_exception_handler(context)
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if error is None:
+            message = context.get("message", "unhandled error in workflow code")
+            error = RuntimeError(message)
+        self._errors.append(error)
+
+    # --- what workflow code must not do -------------------------------------------
+
+    def _refuse(self, what: str) -> WorkflowSandboxError:
+        return WorkflowSandboxError(
+            f"workflow code cannot {what}: it runs on werkfluss's deterministic loop and is "
+            "replayed after a crash; do I/O, threads and subprocesses inside a @step"
+        )
+
+    def run_in_executor(self, executor: Any, func: Any, *args: Any) -> Any:
+        raise self._refuse("run functions in threads (run_in_executor, to_thread)")
+
+    def getaddrinfo(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("resolve host names")
+
+    def getnameinfo(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("resolve addresses")
+
+    def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("open network connections")
+
+    def create_server(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("start servers")
+
+    def create_datagram_endpoint(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("open sockets")
+
+    def create_unix_connection(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("open sockets")
+
+    def create_unix_server(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("start servers")
+
+    def subprocess_exec(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("start subprocesses")
+
+    def subprocess_shell(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("start subprocesses")
+
+    def add_reader(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("watch file descriptors")
+
+    def add_writer(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("watch file descriptors")
+
+    def add_signal_handler(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("handle signals")
+
+    def sock_recv(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("use sockets")
+
+    def sock_sendall(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("use sockets")
+
+    def sock_connect(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("use sockets")
+
+    def sock_accept(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("use sockets")
+
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("be called from other threads")
+
+    def run_forever(self) -> None:
+        raise self._refuse("run the loop itself")
+
+    def run_until_complete(self, future: Any) -> Any:
+        raise self._refuse("run the loop itself")
+
+    def stop(self) -> None:
+        raise self._refuse("stop the loop")
+
+    async def shutdown_asyncgens(self) -> None:
+        return None
+
+    async def shutdown_default_executor(self, timeout: float | None = None) -> None:
+        return None

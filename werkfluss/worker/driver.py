@@ -1,0 +1,325 @@
+"""Driving one held run: the runtime's commands out, their results back in.
+
+A :class:`RunDriver` owns one claimed run on a worker. It feeds the run's
+:class:`~werkfluss.runtime.instance.WorkflowInstance` one event at a time
+(from a queue, so the instance is never entered twice at once) and carries
+out the commands the instance returns: step bodies on the worker's loop or
+thread pool, writes through the recorder, child cancellations, timers on the
+one clock. It reacts to the run's state through the instance's lifecycle
+listener and ends when the run has left the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from werkfluss import telemetry
+from werkfluss.clock import Cancellable
+from werkfluss.errors import DatabaseError, LeaseLost, RecordRefused, SerializationError
+from werkfluss.runtime import commands as cmd
+from werkfluss.runtime.instance import WorkflowInstance
+from werkfluss.runtime.state import RunState
+from werkfluss.store import dispatch
+from werkfluss.store import writes as w
+from werkfluss.worker.executor import run_attempts
+
+if TYPE_CHECKING:
+    from werkfluss.worker.worker import Worker
+
+Event = Callable[[], list[cmd.Command]]
+
+
+class RunDriver:
+    """One claimed run on a worker (see the module docs)."""
+
+    def __init__(self, worker: Worker, claimed: dispatch.ClaimedRun, instance: WorkflowInstance,
+                 *, resumed: bool) -> None:
+        self.worker = worker
+        self.claimed = claimed
+        self.run_id = claimed.run_id
+        self.lease = claimed.lease
+        self.instance = instance
+        self.resumed = resumed
+        self.seen_wakeups = claimed.inputs.wakeups
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._steps: dict[int, asyncio.Task[None]] = {}
+        self._last_write: asyncio.Future[Any] | None = None
+        self._write_failed = False
+        self._wake_timer: Cancellable | None = None
+        self._wake_at: Any = None
+        self._deadline_timer: Cancellable | None = None
+        self._refreshing = False
+        self._refresh_again = False
+        self._started = time.monotonic()
+        self._done = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        instance.lifecycle.listen(self._transition)
+
+    # --- what the worker calls ----------------------------------------------------------
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"werkfluss-run-{self.run_id}")
+
+    def post(self, event: Event) -> None:
+        """Feed an event to the instance (from any callback on the worker's loop)."""
+        self._events.put_nowait(event)
+
+    def refresh(self) -> None:
+        """Read what arrived for the run (payloads, ended children); coalesced."""
+        if self._refreshing:
+            self._refresh_again = True
+            return
+        self._refreshing = True
+        self.worker.spawn(self._refresh())
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    async def wait(self) -> None:
+        await self._done.wait()
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        instance = self.instance
+        try:
+            if self.claimed.inputs.error is not None:
+                self._carry_out(instance.start_failed(SerializationError(
+                    f"cannot load what run {self.run_id} received: {self.claimed.inputs.error}")))
+            elif self.resumed:
+                self._carry_out(instance.resume(self.claimed.inputs.payloads, self.claimed.inputs.children))
+            else:
+                self._carry_out(instance.start())
+            if instance.deadline is not None and not instance.state.final:
+                self._deadline_timer = self.worker.clock.call_at(
+                    instance.deadline, lambda: self.post(instance.deadline_reached))
+            while not self._left():
+                event = await self._events.get()
+                self._carry_out(event())
+        except asyncio.CancelledError:
+            if not self._left():
+                self._carry_out(instance.lost("the worker stopped driving it"))
+            raise
+        except Exception as err:  # a bug in werkfluss: loud, and this run alone pays for it
+            telemetry.logger().exception("worker.driver_failed", run_id=self.run_id, error=str(err))
+            if not self._left():
+                self._carry_out(instance.lost(f"internal error: {err!r}"))
+        finally:
+            self._cleanup()
+
+    def _left(self) -> bool:
+        state = self.instance.state
+        return state.final or state is RunState.SUSPENDED
+
+    def _cleanup(self) -> None:
+        for task in self._steps.values():
+            task.cancel()
+        self._steps.clear()
+        for timer in (self._wake_timer, self._deadline_timer):
+            if timer is not None:
+                timer.cancel()
+        self._done.set()
+        self.worker.driver_done(self)
+
+    def _transition(self, old: RunState, new: RunState, reason: str) -> None:
+        self.worker.run_moved(self, old, new, reason)
+
+    # --- commands ------------------------------------------------------------------------
+
+    def _carry_out(self, commands: list[cmd.Command]) -> None:
+        for command in commands:
+            if isinstance(command, cmd.ExecuteStep):
+                self._steps[command.seq] = asyncio.get_running_loop().create_task(
+                    self._execute(command), name=f"werkfluss-step-{self.run_id}-{command.seq}")
+            elif isinstance(command, cmd.CancelStep):
+                task = self._steps.pop(command.seq, None)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(command, cmd.AppendRecord):
+                child_id = _delivered_child(command.record)
+                self._submit(w.AppendEvent(self.lease, command.record, child_id), None)
+            elif isinstance(command, cmd.CreateHook):
+                self._submit(w.CreateHook(self.lease, command.seq, command.token, command.multi, command.at),
+                             lambda creation, token=command.token: self.instance.hook_created(
+                                 token, error=creation.error, early=creation.early))
+            elif isinstance(command, cmd.MarkHookMulti):
+                self._submit(w.MarkHookMulti(self.lease, command.token), None)
+            elif isinstance(command, cmd.StartChild):
+                self._submit(w.StartChild(self.lease, command.seq, command.child_id, command.workflow,
+                                          command.args, command.kwargs),
+                             lambda error, child=command.child_id: self.instance.child_started(child, error=error))
+            elif isinstance(command, cmd.CancelChild):
+                self.worker.cancel_run_soon(command.child_id)
+            elif isinstance(command, cmd.Suspend):
+                self._suspend(command)
+            elif isinstance(command, cmd.Finish):
+                self._finish(command)
+            elif isinstance(command, cmd.Release):
+                self._submit(w.ReleaseRun(self.lease), lambda _: self._released())
+            else:  # pragma: no cover - a command this driver does not know is a bug
+                raise TypeError(f"unknown command {command!r}")
+        self._schedule_wake()
+
+    def _submit(self, write: w.Write, on_done: Callable[[Any], list[cmd.Command] | None] | None) -> None:
+        future = self.worker.recorder.submit(write)
+        self._last_write = future
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                return
+            error = f.exception()
+            if error is None:
+                if on_done is not None:
+                    self.post(lambda: on_done(f.result()) or [])
+                return
+            self._write_failed = True
+            self.post(lambda: self._write_error(write, error))
+
+        future.add_done_callback(done)
+
+    def _write_error(self, write: w.Write, error: BaseException) -> list[cmd.Command]:
+        instance = self.instance
+        if instance.state.final or instance.state is RunState.SUSPENDED:
+            return []
+        if isinstance(error, RecordRefused):
+            return instance.record_refused(error)
+        if isinstance(error, LeaseLost):
+            log = telemetry.logger()
+            log.warning("worker.lease_lost", run_id=self.run_id, worker_id=self.worker.worker_id,
+                        during=write.what, reason=str(error))
+            return instance.lost(str(error))
+        telemetry.logger().warning("worker.run_abandoned", run_id=self.run_id, worker_id=self.worker.worker_id,
+                                   error=f"{type(error).__name__}: {error}")
+        return instance.lost(f"write failed: {error}")
+
+    def _suspend(self, command: cmd.Suspend) -> None:
+        deadline = self.instance.deadline
+        due = command.wake_at
+        if deadline is not None:
+            due = deadline if due is None else min(due, deadline)
+        waiting_on = ", ".join(command.events)[:1000] or None
+        self._submit(
+            w.SuspendRun(self.lease, command.status, command.wake_at, due, waiting_on, self.seen_wakeups),
+            self._suspend_answered,
+        )
+
+    def _suspend_answered(self, suspended: bool) -> list[cmd.Command]:
+        if suspended:
+            self.instance.suspended()
+            return []
+        commands = self.instance.suspend_refused()
+        self.refresh()
+        return commands
+
+    def _finish(self, command: cmd.Finish) -> None:
+        def committed(_: Any) -> list[cmd.Command]:
+            self.instance.finished()
+            self._log_outcome(command)
+            if command.has_children:
+                self.worker.cancel_children_soon(self.run_id)
+            return []
+
+        self._submit(w.FinishRun(self.lease, command.status, command.result, command.error), committed)
+
+    def _released(self) -> list[cmd.Command]:
+        self.instance.released()
+        return []
+
+    def _log_outcome(self, command: cmd.Finish) -> None:
+        log = telemetry.logger()
+        duration_ms = round((time.monotonic() - self._started) * 1000, 3)
+        workflow = self.instance.workflow.name
+        if command.status == "completed":
+            log.info("run.completed", run_id=self.run_id, workflow=workflow,
+                     steps=self.instance.steps_run, duration_ms=duration_ms)
+            return
+        error_type = command.error_type or ""
+        if self.instance.nondeterminism is not None:
+            event = "run.nondeterminism"
+        elif error_type == "TimeoutError" and "(its timeout)" in (command.error or ""):
+            event = "run.timed_out"
+        else:
+            event = "run.failed"
+        log.error(event, run_id=self.run_id, workflow=workflow, error_type=error_type,
+                  duration_ms=duration_ms)
+
+    # --- steps ------------------------------------------------------------------------------
+
+    async def _execute(self, command: cmd.ExecuteStep) -> None:
+        # A step body starts only once every earlier write of its run is
+        # committed, and while this worker's heartbeat vouches for its leases.
+        barrier = self._last_write
+        if barrier is not None and not barrier.done():
+            await asyncio.wait([barrier])
+        if self._write_failed:
+            return
+        await self.worker.lease_valid()
+        if self._left() or command.seq not in self._steps:
+            return
+        outcome = await run_attempts(command.step, command.args, command.kwargs, command.info,
+                                     self.worker.executor, self.worker.clock)
+        self._steps.pop(command.seq, None)
+        log = telemetry.logger()
+        if not outcome.ok and outcome.error is not None:
+            log.info("step.failed", run_id=self.run_id, step=command.step.name, seq=command.seq,
+                     attempts=outcome.attempts, error=f"{outcome.error.get('type')}: {outcome.error.get('message')}")
+        elif telemetry.debug_enabled():
+            log.debug("step.completed", run_id=self.run_id, step=command.step.name, seq=command.seq,
+                      attempts=outcome.attempts)
+        self.post(lambda: self.instance.step_done(command.seq, outcome))
+
+    # --- time -------------------------------------------------------------------------------
+
+    def _schedule_wake(self) -> None:
+        if self._left() or self.instance.state is not RunState.RUNNING:
+            return
+        wake = self.instance.next_wake()
+        if wake == self._wake_at:
+            return
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+            self._wake_timer = None
+        self._wake_at = wake
+        if wake is not None:
+            self._wake_timer = self.worker.clock.call_at(wake, self._tick)
+
+    def _tick(self) -> None:
+        self._wake_at = None
+        self._wake_timer = None
+        self.post(self.instance.tick)
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    async def _refresh(self) -> None:
+        try:
+            while True:
+                self._refresh_again = False
+                try:
+                    inputs = await dispatch.run_inputs(self.worker.connector, self.run_id)
+                except DatabaseError:
+                    return  # the wake-up count tells the suspension; nothing is lost
+                if inputs.error is not None:
+                    error = SerializationError(f"cannot load what run {self.run_id} received: {inputs.error}")
+                    self.post(lambda: self.instance.start_failed(error))
+                    return
+                self.seen_wakeups = max(self.seen_wakeups, inputs.wakeups)
+                self.post(lambda i=inputs: self.instance.add_inputs(i.payloads, i.children))
+                if not self._refresh_again:
+                    return
+        finally:
+            self._refreshing = False
+
+
+def _delivered_child(record: Any) -> str | None:
+    if record.kind != "child" or not record.output:
+        return None
+    try:
+        value = json.loads(record.output)
+    except ValueError:
+        return None
+    return value.get("run_id") if isinstance(value, dict) and "status" in value else None
