@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from werkfluss import serializer
-from werkfluss.errors import RunCancelled, RunFailed, RunNotFound, WerkflussError
+from werkfluss.errors import DatabaseUnavailable, RunCancelled, RunFailed, RunNotFound, WerkflussError
 from werkfluss.store.connector import Row
 
 if TYPE_CHECKING:
@@ -176,7 +176,14 @@ class RunHandle:
         with listener.watch_run(self.run_id) as changed:
             while True:
                 changed.clear()
-                info = await self.info()
+                try:
+                    info = await self.info()
+                except DatabaseUnavailable:
+                    # Keep waiting through a lost connection (the deadline still holds).
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+                    continue
                 if info.status == "completed":
                     return info.result
                 if info.status == "failed":

@@ -197,7 +197,8 @@ class SimulatedRun:
         owner = self.sim.hook_owners.get(command.token)
         error = None
         if owner is not None and owner != (self.run_id, command.seq):
-            error = {"type": "werkfluss.errors.HookConflict", "message": f"hook token {command.token} is taken"}
+            error = {"type": "werkfluss.errors.HookConflict",
+                     "message": f"hook token {command.token} is taken"}
         else:
             self.sim.hook_owners[command.token] = (self.run_id, command.seq)
             self.hooks[command.token] = command.seq
@@ -252,7 +253,8 @@ class Simulation:
             outcome = ChildOutcome(child_id, "cancelled", None,
                                    json.dumps(error_record(RunCancelled(child_id))), self.clock.now())
         elif error is not None:
-            outcome = ChildOutcome(child_id, "failed", None, json.dumps(error_record(error)), self.clock.now())
+            outcome = ChildOutcome(child_id, "failed", None, json.dumps(error_record(error)),
+                                   self.clock.now())
         else:
             outcome = ChildOutcome(child_id, "completed", serializer.dumps(value), None, self.clock.now())
         self.child_outcomes[child_id] = outcome

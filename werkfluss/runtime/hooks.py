@@ -68,7 +68,7 @@ class Hook:
 
     @property
     def creation_error(self) -> dict[str, Any] | None:
-        return None if self._creation is _UNKNOWN else self._creation  # type: ignore[no-any-return]
+        return None if self._creation is _UNKNOWN else self._creation
 
     def created(self, error: dict[str, Any] | None) -> None:
         self._creation = error

@@ -117,7 +117,7 @@ class WorkflowInstance:
         self.workflow = workflow
         self.deadline = deadline
         self.lifecycle = Lifecycle(run_id, listener)
-        self.loop = WorkflowLoop(self)
+        self.loop = WorkflowLoop(self)  # type: ignore[abstract]
         self._clock = clock
         self._args = args
         self._kwargs = kwargs
@@ -138,7 +138,8 @@ class WorkflowInstance:
         self._taken: set[int] = set()  # payloads delivered in this instance
         self._children: dict[str, ChildOutcome] = {}
         self._hooks: dict[str, Any] = {}  # token -> Hook (creation outcome)
-        self._creating: set[str] = set()  # hook tokens / child ids whose creation the database has not confirmed
+        # "hook:<token>" / "run:<child id>" whose creation the database has not confirmed
+        self._creating: set[str] = set()
         self._awaitables: weakref.WeakKeyDictionary[Any, asyncio.Future[Any]] = weakref.WeakKeyDictionary()
         self._discarded: set[int] = set()  # seqs of calls a legacy race record decided
         self._closing = False
@@ -790,7 +791,7 @@ class WorkflowInstance:
         self._commands.append(outcome)
 
     def _abandon(self) -> list[cmd.Command]:
-        commands = [cmd.CancelStep(seq) for seq in sorted(self._steps)]
+        commands: list[cmd.Command] = [cmd.CancelStep(seq) for seq in sorted(self._steps)]
         self._steps.clear()
         self._held.clear()
         self._commands.clear()
@@ -818,7 +819,9 @@ class WorkflowInstance:
         return commands
 
 
-def cmd_record_for_step(seq: int, call: DurableCall, outcome: cmd.StepOutcome, stamp: dt.datetime) -> LogRecord:
+def cmd_record_for_step(
+    seq: int, call: DurableCall, outcome: cmd.StepOutcome, stamp: dt.datetime
+) -> LogRecord:
     """The delivery record of a step's outcome."""
     return LogRecord(
         seq=seq, kind="step", name=call.name or "", status="completed" if outcome.ok else "failed",

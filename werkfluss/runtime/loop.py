@@ -90,7 +90,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     # --- what asyncio calls ------------------------------------------------------
 
-    def call_soon(
+    def call_soon(  # type: ignore[override]
         self,
         callback: Callable[..., object],
         *args: Any,
@@ -100,7 +100,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._ready.append(handle)
         return handle
 
-    def call_later(
+    def call_later(  # type: ignore[override]
         self,
         delay: float,
         callback: Callable[..., object],
@@ -109,7 +109,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     ) -> asyncio.TimerHandle:
         return self.call_at(self.time() + delay, callback, *args, context=context)
 
-    def call_at(
+    def call_at(  # type: ignore[override]
         self,
         when: float,
         callback: Callable[..., object],
@@ -128,14 +128,14 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.Future(loop=self)
 
-    def create_task(  # type: ignore[override]
+    def create_task(
         self,
         coro: Coroutine[Any, Any, T] | Generator[Any, None, T],
         *,
         name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[T]:
-        task: asyncio.Task[T] = asyncio.Task(coro, loop=self, name=name, context=context)  # type: ignore[arg-type]
+        task: asyncio.Task[T] = asyncio.Task(coro, loop=self, name=name, context=context)
         # A run that leaves this worker drops its loop with tasks still pending;
         # that is expected, not something to warn about.
         task._log_destroy_pending = False  # type: ignore[attr-defined]
@@ -157,7 +157,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
                     continue
                 coro = task.get_coro()
                 try:
-                    coro.close()  # type: ignore[union-attr]
+                    coro.close()
                 except BaseException as err:  # a workflow that will not close is dropped anyway
                     self._errors.append(err)
         finally:
@@ -193,79 +193,66 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             error = RuntimeError(message)
         self._errors.append(error)
 
-    # --- what workflow code must not do -------------------------------------------
-
-    def _refuse(self, what: str) -> WorkflowSandboxError:
-        return WorkflowSandboxError(
-            f"workflow code cannot {what}: it runs on werkfluss's deterministic loop and is "
-            "replayed after a crash; do I/O, threads and subprocesses inside a @step"
-        )
-
-    def run_in_executor(self, executor: Any, func: Any, *args: Any) -> Any:
-        raise self._refuse("run functions in threads (run_in_executor, to_thread)")
-
-    def getaddrinfo(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("resolve host names")
-
-    def getnameinfo(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("resolve addresses")
-
-    def create_connection(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("open network connections")
-
-    def create_server(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("start servers")
-
-    def create_datagram_endpoint(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("open sockets")
-
-    def create_unix_connection(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("open sockets")
-
-    def create_unix_server(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("start servers")
-
-    def subprocess_exec(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("start subprocesses")
-
-    def subprocess_shell(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("start subprocesses")
-
-    def add_reader(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("watch file descriptors")
-
-    def add_writer(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("watch file descriptors")
-
-    def add_signal_handler(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("handle signals")
-
-    def sock_recv(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("use sockets")
-
-    def sock_sendall(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("use sockets")
-
-    def sock_connect(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("use sockets")
-
-    def sock_accept(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("use sockets")
-
-    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse("be called from other threads")
-
-    def run_forever(self) -> None:
-        raise self._refuse("run the loop itself")
-
-    def run_until_complete(self, future: Any) -> Any:
-        raise self._refuse("run the loop itself")
-
-    def stop(self) -> None:
-        raise self._refuse("stop the loop")
-
     async def shutdown_asyncgens(self) -> None:
         return None
 
     async def shutdown_default_executor(self, timeout: float | None = None) -> None:
         return None
+
+
+# What workflow code must not do: each raises WorkflowSandboxError saying why.
+_REFUSED = {
+    "run_in_executor": "run functions in threads (run_in_executor, to_thread)",
+    "set_default_executor": "use executors",
+    "getaddrinfo": "resolve host names",
+    "getnameinfo": "resolve addresses",
+    "create_connection": "open network connections",
+    "create_server": "start servers",
+    "create_datagram_endpoint": "open sockets",
+    "create_unix_connection": "open sockets",
+    "create_unix_server": "start servers",
+    "connect_accepted_socket": "use sockets",
+    "connect_read_pipe": "use pipes",
+    "connect_write_pipe": "use pipes",
+    "start_tls": "use TLS connections",
+    "sendfile": "send files",
+    "sock_recv": "use sockets",
+    "sock_recv_into": "use sockets",
+    "sock_recvfrom": "use sockets",
+    "sock_recvfrom_into": "use sockets",
+    "sock_sendall": "use sockets",
+    "sock_sendto": "use sockets",
+    "sock_connect": "use sockets",
+    "sock_accept": "use sockets",
+    "sock_sendfile": "use sockets",
+    "subprocess_exec": "start subprocesses",
+    "subprocess_shell": "start subprocesses",
+    "add_reader": "watch file descriptors",
+    "add_writer": "watch file descriptors",
+    "remove_reader": "watch file descriptors",
+    "remove_writer": "watch file descriptors",
+    "add_signal_handler": "handle signals",
+    "remove_signal_handler": "handle signals",
+    "call_soon_threadsafe": "be called from other threads",
+    "run_forever": "run the loop itself",
+    "run_until_complete": "run the loop itself",
+    "stop": "stop the loop",
+    "set_task_factory": "change how tasks are made",
+    "set_exception_handler": "change how errors are handled",
+    "set_debug": "change the loop's debug mode",
+}
+
+
+def _refusal(name: str, what: str) -> Callable[..., Any]:
+    def refuse(self: WorkflowLoop, *args: Any, **kwargs: Any) -> Any:
+        raise WorkflowSandboxError(
+            f"workflow code cannot {what}: it runs on werkfluss's deterministic loop and is "
+            "replayed after a crash; do I/O, threads and subprocesses inside a @step"
+        )
+
+    refuse.__name__ = name
+    return refuse
+
+
+for _name, _what in _REFUSED.items():
+    setattr(WorkflowLoop, _name, _refusal(_name, _what))

@@ -142,7 +142,8 @@ def step(
     if options.timeout == 0:
         raise InvalidArgument("timeout must be positive")
     if options.retry_delay > MAX_RETRY_DELAY:
-        raise InvalidArgument(f"retry_delay must be at most a day ({MAX_RETRY_DELAY:g}s), got {retry_delay!r}")
+        raise InvalidArgument(
+            f"retry_delay must be at most a day ({MAX_RETRY_DELAY:g}s), got {retry_delay!r}")
 
     def decorate(func: Callable[..., Any]) -> Any:
         if isinstance(func, (Step,)):

@@ -36,6 +36,12 @@ from werkfluss.store.queries import QUERIES
 
 Row = dict[str, Any]
 
+# Queries that change nothing: safe to run again after a lost connection.
+READ_ONLY = frozenset({
+    "get_run", "list_runs", "list_events", "list_steps", "read_logs", "run_inputs", "next_due",
+    "schema_state", "worker_held_runs", "list_workers", "migrations_applied", "migrations_table_exists",
+})
+
 # SQLSTATEs after which the same transaction is expected to succeed when run again.
 _BUSY_STATES = frozenset({"40001", "40P01", "55P03", "57014"})
 Params = Mapping[str, Any]
@@ -102,6 +108,8 @@ class Connector:
         self._application_name = application_name
         self._connect_timeout = connect_timeout
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] | None = None
+        self._healing: asyncio.Task[None] | None = None
+        self.heals = 0  # times the pool was checked after a lost connection
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -167,26 +175,51 @@ class Connector:
                 yield conn
         except PoolTimeout as err:
             raise self._unavailable(err) from None
+        except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+            if _connection_lost(err):
+                self._heal()
+            raise
+
+    def _heal(self) -> asyncio.Task[None] | None:
+        """A connection was lost: check every idle connection of the pool at once
+        (dropping the dead ones), instead of handing them out one by one."""
+        pool = self._pool
+        if pool is None:
+            return None
+        if self._healing is None or self._healing.done():
+            self.heals += 1
+            self._healing = asyncio.get_running_loop().create_task(_check_pool(pool))
+        return self._healing
+
+    async def _healed(self, timeout: float = 2.0) -> None:
+        task = self._heal()
+        if task is not None:
+            await asyncio.wait([task], timeout=timeout)
 
     # --- queries -----------------------------------------------------------------------
 
     async def fetch_all(self, query: str, /, **params: Any) -> list[Row]:
-        """Run the named query and return all rows as dicts."""
-        try:
-            async with self._connection() as conn:
-                cur = await conn.execute(QUERIES[query], params or None)
-                return await cur.fetchall() if cur.description else []
-        except psycopg.Error as err:
-            self._raise(err, params)
+        """Run the named query and return all rows as dicts.
+
+        A read-only query that meets a lost connection is run once more on a
+        checked one (the pool is healed first).
+        """
+        for attempt in (0, 1):
+            try:
+                async with self._connection() as conn:
+                    cur = await conn.execute(QUERIES[query], params or None)
+                    return await cur.fetchall() if cur.description else []
+            except psycopg.Error as err:
+                if attempt == 0 and query in READ_ONLY and _connection_lost(err):
+                    await self._healed()
+                    continue
+                self._raise(err, params)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def fetch_one(self, query: str, /, **params: Any) -> Row | None:
-        """Run the named query and return its first row (or ``None``)."""
-        try:
-            async with self._connection() as conn:
-                cur = await conn.execute(QUERIES[query], params or None)
-                return await cur.fetchone() if cur.description else None
-        except psycopg.Error as err:
-            self._raise(err, params)
+        """Run the named query and return its first row (or ``None``); retried like :meth:`fetch_all`."""
+        rows = await self.fetch_all(query, **params)
+        return rows[0] if rows else None
 
     async def execute(self, query: str, /, **params: Any) -> None:
         """Run the named query, discarding any rows."""
@@ -308,6 +341,25 @@ def translate_error(err: psycopg.Error, params: Params, connector: Connector) ->
     return DatabaseError(f"PostgreSQL error: {message}{hint}")
 
 
+def _connection_lost(err: BaseException) -> bool:
+    """Whether ``err`` means the connection is gone (not a query that failed on a live one)."""
+    if isinstance(err, psycopg.errors.QueryCanceled):
+        return False
+    if isinstance(err, psycopg.InterfaceError):
+        return True
+    if not isinstance(err, psycopg.OperationalError):
+        return False
+    state = getattr(err, "sqlstate", None) or ""
+    return state == "" or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+async def _check_pool(pool: AsyncConnectionPool[Any]) -> None:
+    try:
+        await pool.check()
+    except Exception:  # the next query reports the problem; healing is best effort
+        return
+
+
 class Transaction:
     """Named queries inside one open transaction (see :meth:`Connector.transaction`)."""
 
@@ -324,6 +376,6 @@ class Transaction:
         await self._conn.execute(sql)
 
 
-async def sleep_backoff(attempt: int, *, base: float = 0.2, cap: float = 5.0) -> None:
+async def sleep_backoff(attempt: int, *, base: float = 0.1, cap: float = 1.0) -> None:
     """Wait before retrying a database operation (exponential, capped)."""
     await asyncio.sleep(min(cap, base * (2 ** min(attempt, 10))))

@@ -63,7 +63,8 @@ async def claim_runs(
     if limit <= 0 or not workflows:
         return []
     sent = time.monotonic()
-    rows = await connector.fetch_all("claim_runs", workflows=list(workflows), limit=limit, worker_id=worker_id)
+    rows = await connector.fetch_all("claim_runs", workflows=list(workflows), limit=limit,
+                                     worker_id=worker_id)
     received = time.monotonic()
     if rows and clock is not None:
         clock.observe(rows[0]["db_now"], sent, received)

@@ -163,11 +163,11 @@ class Recorder:
         self.batch_sizes.append(len(batch))
         if len(self.batch_sizes) > 1000:
             del self.batch_sizes[:500]
-        for (kind, writes), rows in zip(plan, results, strict=True):
-            if kind is not None:
-                if kind.kind == "append":
+        for (planned, writes), rows in zip(plan, results, strict=True):
+            if planned is not None:
+                if planned.kind == "append":
                     self.records += len(writes)
-                kind.resolve(writes, rows)
+                planned.resolve(writes, rows)
 
     async def _isolate(self, batch: list[Write]) -> None:
         """Write run by run, write by write: fail only what PostgreSQL refuses."""

@@ -87,6 +87,8 @@ async def stopped(connector: Connector, *, id: str) -> None:
     await connector.execute("worker_stopped", id=id)
 
 
-async def list_workers(connector: Connector, *, recent_seconds: float = 3600, limit: int = 100) -> list[WorkerInfo]:
+async def list_workers(
+    connector: Connector, *, recent_seconds: float = 3600, limit: int = 100
+) -> list[WorkerInfo]:
     rows = await connector.fetch_all("list_workers", recent_seconds=recent_seconds, limit=limit)
     return [WorkerInfo.from_row(row) for row in rows]

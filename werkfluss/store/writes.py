@@ -64,7 +64,8 @@ class Write:
             self.future.set_exception(error)
 
     def lost(self) -> None:
-        self.fail(LeaseLost(f"run {self.lease.run_id}: this worker no longer holds it; {self.what} not written"))
+        self.fail(LeaseLost(
+            f"run {self.lease.run_id}: this worker no longer holds it; {self.what} not written"))
 
 
 def _leases(writes: Sequence[Write]) -> dict[str, list[str]]:

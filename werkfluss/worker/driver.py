@@ -145,14 +145,13 @@ class RunDriver:
                 self._submit(w.AppendEvent(self.lease, command.record, child_id), None)
             elif isinstance(command, cmd.CreateHook):
                 self._submit(w.CreateHook(self.lease, command.seq, command.token, command.multi, command.at),
-                             lambda creation, token=command.token: self.instance.hook_created(
-                                 token, error=creation.error, early=creation.early))
+                             self._hook_answered(command.token))
             elif isinstance(command, cmd.MarkHookMulti):
                 self._submit(w.MarkHookMulti(self.lease, command.token), None)
             elif isinstance(command, cmd.StartChild):
                 self._submit(w.StartChild(self.lease, command.seq, command.child_id, command.workflow,
                                           command.args, command.kwargs),
-                             lambda error, child=command.child_id: self.instance.child_started(child, error=error))
+                             self._child_answered(command.child_id))
             elif isinstance(command, cmd.CancelChild):
                 self.worker.cancel_run_soon(command.child_id)
             elif isinstance(command, cmd.Suspend):
@@ -182,6 +181,18 @@ class RunDriver:
 
         future.add_done_callback(done)
 
+    def _hook_answered(self, token: str) -> Callable[[w.HookCreation], list[cmd.Command]]:
+        def answered(creation: w.HookCreation) -> list[cmd.Command]:
+            return self.instance.hook_created(token, error=creation.error, early=creation.early)
+
+        return answered
+
+    def _child_answered(self, child_id: str) -> Callable[[dict[str, Any] | None], list[cmd.Command]]:
+        def answered(error: dict[str, Any] | None) -> list[cmd.Command]:
+            return self.instance.child_started(child_id, error=error)
+
+        return answered
+
     def _write_error(self, write: w.Write, error: BaseException) -> list[cmd.Command]:
         instance = self.instance
         if instance.state.final or instance.state is RunState.SUSPENDED:
@@ -193,8 +204,8 @@ class RunDriver:
             log.warning("worker.lease_lost", run_id=self.run_id, worker_id=self.worker.worker_id,
                         during=write.what, reason=str(error))
             return instance.lost(str(error))
-        telemetry.logger().warning("worker.run_abandoned", run_id=self.run_id, worker_id=self.worker.worker_id,
-                                   error=f"{type(error).__name__}: {error}")
+        telemetry.logger().warning("worker.run_abandoned", run_id=self.run_id,
+                                   worker_id=self.worker.worker_id, error=f"{type(error).__name__}: {error}")
         return instance.lost(f"write failed: {error}")
 
     def _suspend(self, command: cmd.Suspend) -> None:
@@ -266,8 +277,9 @@ class RunDriver:
         self._steps.pop(command.seq, None)
         log = telemetry.logger()
         if not outcome.ok and outcome.error is not None:
+            error = f"{outcome.error.get('type')}: {outcome.error.get('message')}"
             log.info("step.failed", run_id=self.run_id, step=command.step.name, seq=command.seq,
-                     attempts=outcome.attempts, error=f"{outcome.error.get('type')}: {outcome.error.get('message')}")
+                     attempts=outcome.attempts, error=error)
         elif telemetry.debug_enabled():
             log.debug("step.completed", run_id=self.run_id, step=command.step.name, seq=command.seq,
                       attempts=outcome.attempts)
@@ -304,15 +316,22 @@ class RunDriver:
                 except DatabaseError:
                     return  # the wake-up count tells the suspension; nothing is lost
                 if inputs.error is not None:
-                    error = SerializationError(f"cannot load what run {self.run_id} received: {inputs.error}")
-                    self.post(lambda: self.instance.start_failed(error))
+                    self.post(self._fail_unreadable(inputs.error))
                     return
                 self.seen_wakeups = max(self.seen_wakeups, inputs.wakeups)
-                self.post(lambda i=inputs: self.instance.add_inputs(i.payloads, i.children))
+                self.post(self._feed(inputs))
                 if not self._refresh_again:
                     return
         finally:
             self._refreshing = False
+
+
+    def _fail_unreadable(self, problem: str) -> Event:
+        error = SerializationError(f"cannot load what run {self.run_id} received: {problem}")
+        return lambda: self.instance.start_failed(error)
+
+    def _feed(self, inputs: dispatch.RunInputs) -> Event:
+        return lambda: self.instance.add_inputs(inputs.payloads, inputs.children)
 
 
 def _delivered_child(record: Any) -> str | None:

@@ -66,6 +66,10 @@ class _Cached:
     claims: int
 
 
+def _whole(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -104,9 +108,10 @@ class Worker:
         worker_id: str | None = None,
         cache_size: int = 256,
     ) -> None:
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= MAX_CONCURRENCY:
-            raise InvalidArgument(f"concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, got {concurrency!r}")
-        if not isinstance(cache_size, int) or isinstance(cache_size, bool) or not 0 <= cache_size <= 1_000_000:
+        if not _whole(concurrency, 1, MAX_CONCURRENCY):
+            raise InvalidArgument(
+                f"concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, got {concurrency!r}")
+        if not _whole(cache_size, 0, 1_000_000):
             raise InvalidArgument(f"cache_size must be a whole number from 0 to 1000000, got {cache_size!r}")
         self.lease_seconds = parse_duration(lease, what="lease", allow_zero=False)
         if not 0.5 <= self.lease_seconds <= 3600:
@@ -441,9 +446,11 @@ class Worker:
         if run.taken_over and run.previous_worker_id != self.worker_id:
             self.takeovers += 1
             log.warning("worker.lease_taken_over", run_id=run.run_id, workflow=run.workflow,
-                        worker_id=self.worker_id, previous_worker_id=run.previous_worker_id, claims=run.claims)
+                        worker_id=self.worker_id, previous_worker_id=run.previous_worker_id,
+                        claims=run.claims)
         cached = self._cache.pop(run.run_id, None)
-        if cached is not None and cached.claims + 1 == run.claims and cached.instance.state is RunState.SUSPENDED:
+        if (cached is not None and cached.claims + 1 == run.claims
+                and cached.instance.state is RunState.SUSPENDED):
             instance = cached.instance
             resumed = True
         else:
@@ -476,7 +483,8 @@ class Worker:
                 ), timeout=max(0.5, interval))
             except (DatabaseError, TimeoutError) as err:
                 if failures == 0:
-                    log.warning("worker.heartbeat_failed", worker_id=self.worker_id, error=str(err) or "timeout")
+                    log.warning("worker.heartbeat_failed", worker_id=self.worker_id,
+                                error=str(err) or "timeout")
                 failures += 1
                 if not self.liveness.valid() and self._drivers:
                     self._lose_all("its heartbeat failed for longer than its lease")
@@ -516,7 +524,7 @@ class Worker:
     def _lose_all(self, reason: str) -> None:
         self.liveness.reset()
         for driver in list(self._drivers.values()):
-            driver.post(lambda d=driver: d.instance.lost(reason))
+            driver.post(_lose(driver.instance, reason))
 
     async def _reconcile(self) -> None:
         """Hand back runs the queue says this worker holds but it does not know
@@ -531,6 +539,10 @@ class Worker:
                                        runs=[lease.run_id for lease in strays][:20], count=len(strays))
             for lease in strays:
                 self.recorder.submit(ReleaseRun(lease)).add_done_callback(_retrieve)
+
+
+def _lose(instance: WorkflowInstance, reason: str) -> Callable[[], list[Any]]:
+    return lambda: instance.lost(reason)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
