@@ -107,6 +107,11 @@ class Engine:
             )
         return self._connector
 
+    async def listener(self) -> Listener | None:
+        """The engine's LISTEN connection, started on first use (it reconnects by
+        itself; while it is down, callers fall back to polling)."""
+        return await self._listener_ready(required=False)
+
     async def _listener_ready(self, *, required: bool = True) -> Listener:
         """The engine's LISTEN connection, started on first use."""
         await self.open()

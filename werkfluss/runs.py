@@ -10,18 +10,31 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 import datetime as dt
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from werkfluss import serializer
 from werkfluss.errors import DatabaseUnavailable, RunCancelled, RunFailed, RunNotFound, WerkflussError
-from werkfluss.store.connector import Row
+from werkfluss.store.connector import Connector, Row
+from werkfluss.store.listener import Listener
 
-if TYPE_CHECKING:
-    from werkfluss.engine import Engine
+
+class RunSource(Protocol):
+    """What a :class:`RunHandle` needs from the engine that made it."""
+
+    result_poll_interval: float
+
+    @property
+    def connector(self) -> Connector: ...
+
+    async def listener(self) -> Listener | None: ...
+
+    async def cancel(self, run_id: str) -> bool: ...
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
@@ -116,7 +129,7 @@ class StepRecord:
 class RunHandle:
     """A reference to one run; cheap to create (``engine.handle(run_id)``)."""
 
-    def __init__(self, engine: Engine, run_id: str) -> None:
+    def __init__(self, engine: RunSource, run_id: str) -> None:
         self._engine = engine
         self.run_id = run_id
 
@@ -172,8 +185,8 @@ class RunHandle:
         """
         engine = self._engine
         deadline = None if timeout is None else time.monotonic() + timeout
-        listener = await engine._listener_ready(required=False)
-        with listener.watch_run(self.run_id) as changed:
+        listener = await engine.listener()
+        with _watch(listener, self.run_id) as changed:
             while True:
                 changed.clear()
                 try:
@@ -190,7 +203,7 @@ class RunHandle:
                     raise RunFailed.from_record(self.run_id, info.error)
                 if info.status == "cancelled":
                     raise RunCancelled(self.run_id)
-                wait = engine.result_poll_interval if listener.connected else 0.5
+                wait = engine.result_poll_interval if listener and listener.connected else 0.5
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -203,3 +216,12 @@ class RunHandle:
                     await asyncio.wait_for(changed.wait(), wait)
                 except TimeoutError:
                     pass
+
+
+@contextmanager
+def _watch(listener: Listener | None, run_id: str) -> Iterator[asyncio.Event]:
+    if listener is None:
+        yield asyncio.Event()  # no notifications: the slow poll does the work
+        return
+    with listener.watch_run(run_id) as changed:
+        yield changed

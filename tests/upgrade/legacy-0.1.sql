@@ -1,0 +1,38 @@
+-- Runs recorded by werkfluss 0.1 (tests/upgrade/record_legacy.py), mid-flight.
+-- Load after migrations 0001-0004, then migrate to the current schema.
+INSERT INTO werkfluss.events VALUES ('legacy-nap', 1, 'step', 'legacy.note', 'completed', '{"args": ["before 1"], "kwargs": {}}', '"noted before 1"', NULL, 1, '2026-11-30 02:26:05.895895+00', '2026-11-30 02:26:05.895962+00');
+INSERT INTO werkfluss.events VALUES ('legacy-nap', 2, 'sleep', 'sleep', 'completed', '{"seconds": 1.0}', '{"wake_at": "2026-11-30T02:26:06.909654+00:00"}', NULL, 1, '2026-11-30 02:26:05.909654+00', '2026-11-30 02:26:05.909654+00');
+INSERT INTO werkfluss.events VALUES ('legacy-approval', 1, 'step', 'legacy.note', 'completed', '{"args": ["asking"], "kwargs": {}}', '"noted asking"', NULL, 1, '2026-11-30 02:26:05.918654+00', '2026-11-30 02:26:05.918691+00');
+INSERT INTO werkfluss.events VALUES ('legacy-race-pending', 1, 'hook', 'legacy:race-pending', 'completed', NULL, '{"token" : "legacy:race-pending", "multi" : false}', NULL, 1, '2026-11-30 02:26:05.921073+00', '2026-11-30 02:26:05.921073+00');
+INSERT INTO werkfluss.events VALUES ('legacy-race-decided', 1, 'hook', 'legacy:race-decided', 'completed', NULL, '{"token" : "legacy:race-decided", "multi" : false}', NULL, 1, '2026-11-30 02:26:05.9211+00', '2026-11-30 02:26:05.9211+00');
+INSERT INTO werkfluss.events VALUES ('legacy-approval', 2, 'hook', 'legacy:approval', 'completed', NULL, '{"token" : "legacy:approval", "multi" : false}', NULL, 1, '2026-11-30 02:26:05.934939+00', '2026-11-30 02:26:05.934939+00');
+INSERT INTO werkfluss.events VALUES ('legacy-timed', 1, 'hook', 'legacy:timed', 'completed', NULL, '{"token" : "legacy:timed", "multi" : false}', NULL, 1, '2026-11-30 02:26:05.934958+00', '2026-11-30 02:26:05.934958+00');
+INSERT INTO werkfluss.events VALUES ('legacy-parent', 1, 'step', 'legacy.note', 'completed', '{"args": ["parent"], "kwargs": {}}', '"noted parent"', NULL, 1, '2026-11-30 02:26:05.943101+00', '2026-11-30 02:26:05.943138+00');
+INSERT INTO werkfluss.events VALUES ('legacy-race-pending', 3, 'sleep', 'sleep', 'completed', '{"seconds": 3600.0}', '{"wake_at": "2026-11-30T03:26:05.976339+00:00"}', NULL, 1, '2026-11-30 02:26:05.976339+00', '2026-11-30 02:26:05.976339+00');
+INSERT INTO werkfluss.events VALUES ('legacy-race-decided', 3, 'sleep', 'sleep', 'completed', '{"seconds": 0.2}', '{"wake_at": "2026-11-30T02:26:06.176406+00:00"}', NULL, 1, '2026-11-30 02:26:05.976406+00', '2026-11-30 02:26:05.976406+00');
+INSERT INTO werkfluss.events VALUES ('legacy-parent', 2, 'child', 'legacy.child', 'completed', '{"args": ["legacy:child"], "kwargs": {}}', '{"run_id" : "legacy-parent:2"}', NULL, 1, '2026-11-30 02:26:05.999855+00', '2026-11-30 02:26:05.999855+00');
+INSERT INTO werkfluss.events VALUES ('legacy-timed', 3, 'sleep', 'sleep', 'completed', '{"seconds": 3600.0}', '{"wake_at": "2026-11-30T03:26:06.000081+00:00"}', NULL, 1, '2026-11-30 02:26:06.000081+00', '2026-11-30 02:26:06.000081+00');
+INSERT INTO werkfluss.events VALUES ('legacy-parent:2', 1, 'hook', 'legacy:child', 'completed', NULL, '{"token" : "legacy:child", "multi" : false}', NULL, 1, '2026-11-30 02:26:06.026601+00', '2026-11-30 02:26:06.026601+00');
+INSERT INTO werkfluss.events VALUES ('legacy-race-decided', 4, 'race', 'race', 'completed', NULL, '{"index":1,"value":null}', NULL, 1, '2026-11-30 02:26:06.198509+00', '2026-11-30 02:26:06.198509+00');
+INSERT INTO werkfluss.events VALUES ('legacy-race-decided', 5, 'hook', 'legacy:race-decided:second', 'completed', NULL, '{"token" : "legacy:race-decided:second", "multi" : false}', NULL, 1, '2026-11-30 02:26:06.206423+00', '2026-11-30 02:26:06.206423+00');
+INSERT INTO werkfluss.hooks VALUES ('legacy:race-pending', 'legacy-race-pending', 1, false, '2026-11-30 02:26:05.934483+00');
+INSERT INTO werkfluss.hooks VALUES ('legacy:race-decided', 'legacy-race-decided', 1, false, '2026-11-30 02:26:05.934483+00');
+INSERT INTO werkfluss.hooks VALUES ('legacy:approval', 'legacy-approval', 2, false, '2026-11-30 02:26:05.979401+00');
+INSERT INTO werkfluss.hooks VALUES ('legacy:timed', 'legacy-timed', 1, false, '2026-11-30 02:26:05.979401+00');
+INSERT INTO werkfluss.hooks VALUES ('legacy:child', 'legacy-parent:2', 1, false, '2026-11-30 02:26:06.033184+00');
+INSERT INTO werkfluss.hooks VALUES ('legacy:race-decided:second', 'legacy-race-decided', 5, false, '2026-11-30 02:26:06.206634+00');
+INSERT INTO werkfluss.queue VALUES ('legacy-nap', 'legacy.nap', '2026-11-30 02:26:06.909654+00', NULL, NULL, 1, 0);
+INSERT INTO werkfluss.queue VALUES ('legacy-approval', 'legacy.approval', 'infinity', NULL, NULL, 1, 0);
+INSERT INTO werkfluss.queue VALUES ('legacy-race-pending', 'legacy.race_pending', '2026-11-30 03:26:05.976339+00', NULL, NULL, 1, 0);
+INSERT INTO werkfluss.queue VALUES ('legacy-parent', 'legacy.parent', 'infinity', NULL, NULL, 1, 0);
+INSERT INTO werkfluss.queue VALUES ('legacy-timed', 'legacy.timed_wait', '2026-11-30 03:26:06.000081+00', NULL, NULL, 1, 0);
+INSERT INTO werkfluss.queue VALUES ('legacy-parent:2', 'legacy.child', 'infinity', NULL, NULL, 1, 0);
+INSERT INTO werkfluss.queue VALUES ('legacy-race-decided', 'legacy.race_decided', 'infinity', NULL, NULL, 2, 0);
+INSERT INTO werkfluss.runs VALUES ('legacy-nap', 'legacy.nap', 'sleeping', '[1]', '{}', NULL, NULL, NULL, '2026-11-30 02:26:06.909654+00', NULL, NULL, '2026-11-30 02:26:05.870599+00', '2026-11-30 02:26:05.883489+00', NULL, '2026-11-30 02:26:05.934483+00');
+INSERT INTO werkfluss.runs VALUES ('legacy-approval', 'legacy.approval', 'waiting', '["legacy:approval"]', '{}', NULL, NULL, NULL, NULL, 'hook:legacy:approval', NULL, '2026-11-30 02:26:05.882987+00', '2026-11-30 02:26:05.902722+00', NULL, '2026-11-30 02:26:06.006137+00');
+INSERT INTO werkfluss.runs VALUES ('legacy-race-pending', 'legacy.race_pending', 'waiting', '["legacy:race-pending"]', '{}', NULL, NULL, NULL, '2026-11-30 03:26:05.976339+00', 'hook:legacy:race-pending', NULL, '2026-11-30 02:26:05.889606+00', '2026-11-30 02:26:05.902722+00', NULL, '2026-11-30 02:26:06.019685+00');
+INSERT INTO werkfluss.runs VALUES ('legacy-parent', 'legacy.parent', 'waiting', '["legacy:child"]', '{}', NULL, NULL, NULL, NULL, 'run:legacy-parent:2', NULL, '2026-11-30 02:26:05.927843+00', '2026-11-30 02:26:05.936693+00', NULL, '2026-11-30 02:26:06.033184+00');
+INSERT INTO werkfluss.runs VALUES ('legacy-timed', 'legacy.timed_wait', 'waiting', '["legacy:timed"]', '{}', NULL, NULL, NULL, '2026-11-30 03:26:06.000081+00', 'hook:legacy:timed', NULL, '2026-11-30 02:26:05.908191+00', '2026-11-30 02:26:05.921385+00', NULL, '2026-11-30 02:26:06.033184+00');
+INSERT INTO werkfluss.runs VALUES ('legacy-parent:2', 'legacy.child', 'waiting', '["legacy:child"]', '{}', NULL, NULL, 'legacy-parent', NULL, 'hook:legacy:child', NULL, '2026-11-30 02:26:06.006137+00', '2026-11-30 02:26:06.018092+00', NULL, '2026-11-30 02:26:06.052429+00');
+INSERT INTO werkfluss.runs VALUES ('legacy-race-decided', 'legacy.race_decided', 'waiting', '["legacy:race-decided"]', '{}', NULL, NULL, NULL, NULL, 'hook:legacy:race-decided:second', NULL, '2026-11-30 02:26:05.893955+00', '2026-11-30 02:26:05.902722+00', NULL, '2026-11-30 02:26:06.214708+00');
+SELECT pg_catalog.setval('werkfluss.hook_payloads_id_seq', 1, false);
