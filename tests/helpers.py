@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,3 +107,32 @@ def run_cli(*args: str, dsn: str | None = None, timeout: float = 60) -> subproce
         cmd += ["--dsn", dsn]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def with_user(dsn: str, user: str, password: str | None = None) -> str:
+    """``dsn`` with another user (and password)."""
+    params = conninfo_to_dict(dsn)
+    params["user"] = user
+    params.pop("password", None)
+    if password is not None:
+        params["password"] = password
+    return make_conninfo(**params)
+
+
+@contextmanager
+def login_role(dsn: str, *member_of: str, prefix: str = "werkfluss_test_login") -> Iterator[str]:
+    """A LOGIN role with a unique name, granted ``member_of``; yields a DSN that logs in as it.
+
+    Roles are cluster-wide: the role is dropped again at the end, with
+    whatever it owns or was granted in this database.
+    """
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(16)
+    sql(dsn, f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
+    try:
+        for role in member_of:
+            sql(dsn, f'GRANT "{role}" TO "{name}"')
+        yield with_user(dsn, name, password)
+    finally:
+        sql(dsn, f'DROP OWNED BY "{name}"')
+        sql(dsn, f'DROP ROLE "{name}"')

@@ -38,6 +38,7 @@ from werkfluss.errors import (
     SerializationError,
     StepFailed,
     UnknownWorkflowError,
+    ValueRefused,
     WerkflussError,
     WorkflowSandboxError,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "StepInfo",
     "StepRecord",
     "UnknownWorkflowError",
+    "ValueRefused",
     "WerkflussError",
     "Worker",
     "WorkflowSandboxError",

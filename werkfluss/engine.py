@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from werkfluss import serializer, telemetry
+from werkfluss import limits, serializer, telemetry
 from werkfluss.durations import Duration, optional_duration
 from werkfluss.errors import HookRefused, InvalidArgument
 from werkfluss.runs import STATUSES, RunHandle, RunInfo
@@ -156,14 +156,16 @@ class Engine:
 
             handle = await engine.start(onboard, "user-123", run_id="onboard:user-123")
         """
-        name = workflows.name_of(workflow)
-        if run_id is not None and (not isinstance(run_id, str) or not run_id):
-            raise InvalidArgument(f"run_id must be a non-empty string, got {run_id!r}")
-        args_json = serializer.dumps(list(args), what=f"the arguments of {name}")
-        kwargs_json = serializer.dumps(kwargs, what=f"the keyword arguments of {name}")
+        # Everything is checked before the database is touched, with the
+        # limits the SQL function applies (werkfluss.limits).
+        name = limits.check_workflow_name(workflows.name_of(workflow))
+        if run_id is not None:
+            run_id = limits.check_run_id(run_id)
         timeout_s = optional_duration(timeout, what="timeout")
         if timeout_s == 0:
-            raise InvalidArgument("timeout must be positive")
+            raise InvalidArgument(f"timeout must be positive, got {timeout!r}")
+        args_json = serializer.dumps(list(args), what=f"the arguments of {name}")
+        kwargs_json = serializer.dumps(kwargs, what=f"the keyword arguments of {name}")
         await self.open()
         row = await self.connector.fetch_one(
             "start_run", name=name, args=args_json, run_id=run_id,
@@ -197,6 +199,7 @@ class Engine:
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel a run; ``False`` if it had already finished (raises :class:`RunNotFound`)."""
+        run_id = limits.check_existing_run_id(run_id)
         await self.open()
         row = await self.connector.fetch_one("cancel_run", run_id=run_id)
         cancelled = bool(row and row["cancelled"])
@@ -212,8 +215,7 @@ class Engine:
 
             await engine.send("order-42:approval", {"approved": True})
         """
-        if not isinstance(token, str) or not token:
-            raise InvalidArgument("the hook token must be a non-empty string")
+        token = limits.check_token(token)
         payload_json = serializer.dumps(payload, what="the hook payload")
         await self.open()
         row = await self.connector.fetch_one("send", token=token, payload=payload_json)

@@ -60,6 +60,16 @@ class InvalidArgument(WerkflussError, ValueError):
     """A value passed to werkfluss is not acceptable (bad duration, empty name, ...)."""
 
 
+class ValueRefused(InvalidArgument, DatabaseError):
+    """PostgreSQL refused a value werkfluss passed on: out of range, not valid
+    text, or too large (for an index entry, a ``jsonb`` value, …).
+
+    An :class:`InvalidArgument` (the caller's value is the cause) that is also
+    a :class:`DatabaseError` (PostgreSQL reported it), so either ``except``
+    catches it. The message quotes PostgreSQL's.
+    """
+
+
 class SerializationError(WerkflussError, TypeError):
     """A value cannot be stored as JSON: workflow arguments, step inputs or results."""
 

@@ -110,3 +110,27 @@ BEGIN
     RETURN released;
 END
 $$;
+
+-- Internal: workers call it; clients never may (see 0005).
+REVOKE EXECUTE ON FUNCTION werkfluss._reap_workers() FROM PUBLIC;
+
+-- Roles that run workers (they may add to the queue) may keep their heartbeat
+-- in the new table, so existing workers keep running after this migration.
+DO $$
+DECLARE
+    grantee name;
+BEGIN
+    FOR grantee IN
+        SELECT DISTINCT r.rolname
+          FROM pg_catalog.pg_class c
+         CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a
+          JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+         WHERE c.oid = 'werkfluss.queue'::regclass
+           AND a.privilege_type = 'INSERT'
+           AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON werkfluss.workers TO %I', grantee);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION werkfluss._reap_workers() TO %I', grantee);
+    END LOOP;
+END
+$$;

@@ -1,11 +1,13 @@
-"""werkfluss.start_run / werkfluss.cancel_run, called as any other service would."""
+"""werkfluss.start_run / werkfluss.cancel_run / werkfluss.run_status, called as any
+other service would. (As the werkfluss_client role: test_roles.py; bad input:
+test_bad_input.py.)"""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
 
-from werkfluss import Engine, step, workflow
+from werkfluss import Engine, RunFailed, step, workflow
 
 from ..helpers import sql, sql_value
 
@@ -18,6 +20,16 @@ async def greet(name: str) -> str:
 @workflow(name="tests.sql.hello")
 async def hello(name: str) -> str:
     return await greet(name)
+
+
+@step
+async def refuse(reason: str) -> None:
+    raise ValueError(reason)
+
+
+@workflow(name="tests.sql.refusing")
+async def refusing(reason: str) -> None:
+    await refuse(reason)
 
 
 def test_start_run_returns_the_id_and_enqueues(dsn: str) -> None:
@@ -122,3 +134,31 @@ async def test_a_run_started_from_sql_with_kwargs_and_timeout(engine: Engine, ds
     assert 3590 < (info.deadline - info.created_at).total_seconds() <= 3600
     async with engine.worker(workflows=[hello]):
         assert await engine.handle(run_id).result(timeout=10) == "hello kw"
+
+
+async def test_run_status_reports_the_status_then_the_result_or_the_error(engine: Engine, dsn: str) -> None:
+    sql(dsn, """SELECT werkfluss.start_run('tests.sql.hello', '["status"]', 'status:ok')""")
+    sql(dsn, """SELECT werkfluss.start_run('tests.sql.refusing', '["no way"]', 'status:failed')""")
+    assert sql(dsn, "SELECT * FROM werkfluss.run_status('status:ok')") == [("pending", None, None)]
+    async with engine.worker(workflows=[hello, refusing]):
+        assert await engine.handle("status:ok").result(timeout=10) == "hello status"
+        with pytest.raises(RunFailed):
+            await engine.handle("status:failed").result(timeout=10)
+    assert sql(dsn, "SELECT status, result, error FROM werkfluss.run_status('status:ok')") == [
+        ("completed", "hello status", None)
+    ]
+    ((status, result, error),) = sql(dsn, "SELECT * FROM werkfluss.run_status('status:failed')")
+    assert (status, result) == ("failed", None)
+    assert (error["type"], error["message"]) == ("ValueError", "no way")
+
+
+def test_run_status_of_an_unknown_id_is_an_error(dsn: str) -> None:
+    with pytest.raises(psycopg.errors.NoDataFound, match="werkfluss.run_status: no run with id nope"):
+        sql(dsn, "SELECT * FROM werkfluss.run_status('nope')")
+
+
+def test_a_chosen_run_id_may_not_take_the_child_namespace(dsn: str) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="reserved for child runs") as caught:
+        sql(dsn, "SELECT werkfluss.start_run('tests.sql.hello', '[]', 'P::2')")
+    assert "order:42" in str(caught.value.diag.message_hint)
+    assert sql_value(dsn, "SELECT count(*) FROM werkfluss.runs") == 0

@@ -193,7 +193,7 @@ def test_a_blank_workflow_name_is_refused() -> None:
     async def flow() -> None:
         return None
 
-    with pytest.raises(InvalidArgument, match="must not be empty"):
+    with pytest.raises(InvalidArgument, match="is empty"):
         workflow(name="   ")(flow)
 
 
@@ -201,7 +201,7 @@ def test_an_empty_workflow_name_is_refused() -> None:
     async def flow() -> None:
         return None
 
-    with pytest.raises(InvalidArgument, match="must not be empty"):
+    with pytest.raises(InvalidArgument, match="is empty"):
         workflow(name="")(flow)
 
 

@@ -26,8 +26,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import legacy_app  # noqa: E402
-from werkfluss import Engine  # noqa: E402  (the *old* werkfluss)
+import legacy_app
+
+from werkfluss import Engine
 
 TABLES = ["runs", "events", "queue", "hooks", "hook_payloads"]
 

@@ -24,7 +24,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from werkfluss import telemetry
+from werkfluss import limits, telemetry
+from werkfluss.durations import parse_duration
 from werkfluss.engine import Engine
 from werkfluss.errors import InvalidArgument, RunCancelled, RunFailed, WerkflussError
 from werkfluss.runs import STATUSES, RunInfo, StepRecord
@@ -136,13 +137,7 @@ async def cmd_show(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
-    try:
-        positional = json.loads(args.args)
-    except json.JSONDecodeError as err:
-        raise InvalidArgument(f"ARGS must be a JSON array, e.g. '[\"user-123\"]': {err}") from None
-    if not isinstance(positional, list):
-        raise InvalidArgument(f"ARGS must be a JSON array, e.g. '[\"user-123\"]', not {args.args}")
-    handle = await engine.start(args.name, *positional, run_id=args.run_id, timeout=args.timeout)
+    handle = await engine.start(args.name, *args.positional, run_id=args.run_id, timeout=args.timeout)
     print(handle.run_id)
     if args.wait:
         try:
@@ -155,11 +150,7 @@ async def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def cmd_send(engine: Engine, args: argparse.Namespace) -> int:
-    try:
-        payload = json.loads(args.payload)
-    except json.JSONDecodeError as err:
-        raise InvalidArgument(f"JSON must be a JSON value, e.g. '{{\"approved\": true}}': {err}") from None
-    await engine.send(args.token, payload)
+    await engine.send(args.token, args.payload_value)
     print("delivered")
     return 0
 
@@ -178,6 +169,54 @@ async def cmd_demo(engine: Engine | None, args: argparse.Namespace) -> int:
     else:
         await run_demo(args.dsn)
     return 0
+
+
+# --- arguments ---------------------------------------------------------------------------
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad arguments before connecting, with the limits every door applies.
+
+    Parses the JSON arguments (``args.positional``, ``args.payload_value``);
+    raises :class:`InvalidArgument`, whose message becomes the one error line.
+    """
+    if args.command == "start":
+        limits.check_workflow_name(args.name)
+        if args.run_id is not None:
+            limits.check_run_id(args.run_id)
+        if args.timeout is not None:
+            args.timeout = parse_duration(args.timeout, what="--timeout", allow_zero=False)
+        if args.wait_timeout is not None and not args.wait_timeout > 0:
+            raise InvalidArgument(
+                f"--wait-timeout must be a positive number of seconds, got {args.wait_timeout:g}"
+            )
+        try:
+            args.positional = json.loads(args.args)
+        except json.JSONDecodeError as err:
+            raise InvalidArgument(
+                f"ARGS must be a JSON array, e.g. '[\"user-123\"]'; {_short(args.args)!r} is not JSON: {err}"
+            ) from None
+        if not isinstance(args.positional, list):
+            raise InvalidArgument(
+                f"ARGS must be a JSON array, e.g. '[\"user-123\"]', not {_short(args.args)}"
+            )
+    elif args.command == "send":
+        limits.check_token(args.token)
+        try:
+            args.payload_value = json.loads(args.payload)
+        except json.JSONDecodeError as err:
+            raise InvalidArgument(
+                f"JSON must be a JSON value, e.g. '{{\"approved\": true}}'; {_short(args.payload)!r} "
+                f"is not JSON: {err}"
+            ) from None
+    elif args.command in ("show", "cancel"):
+        limits.check_existing_run_id(args.run_id)
+    elif args.command == "runs" and args.limit < 1:
+        raise InvalidArgument(f"--limit must be at least 1, got {args.limit}")
 
 
 # --- wiring ------------------------------------------------------------------------------
@@ -239,6 +278,7 @@ COMMANDS = {
 
 
 async def _run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     if args.command == "demo":
         return await cmd_demo(None, args)
     async with Engine(args.dsn) as engine:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from werkfluss import serializer
 from werkfluss.durations import Duration, parse_duration
 from werkfluss.errors import HookConflict, InvalidArgument, NotInRunError
-from werkfluss.limits import MAX_TOKEN_LENGTH
+from werkfluss.limits import check_token
 from werkfluss.records import LogRecord
 from werkfluss.runtime import commands as cmd
 from werkfluss.runtime.context import current_instance, error_from_json
@@ -183,14 +183,11 @@ def hook(token: str | None = None, *, multi: bool = False) -> Hook:
             "hook() works only inside a workflow run: a hook belongs to the run that waits for it"
         )
     if token is not None:
-        if not isinstance(token, str) or not token.strip():
-            raise InvalidArgument("a hook token must be a non-empty string")
+        token = check_token(token)
         if token.startswith(TOKEN_PREFIX):
             raise InvalidArgument(
                 f"hook tokens starting with {TOKEN_PREFIX!r} are reserved for generated ones"
             )
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise InvalidArgument(f"a hook token is at most {MAX_TOKEN_LENGTH} characters")
     created: Hook = run.call_now(HookCall(token, multi))
     return created
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from werkfluss.errors import InvalidArgument, NotAWorkflowError, UnknownWorkflowError
+from werkfluss.limits import check_workflow_name
 from werkfluss.runtime import context
 
 P = ParamSpec("P")
@@ -75,9 +76,7 @@ def workflow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None
                 f"@workflow needs an `async def` function; {getattr(func, '__qualname__', func)!r} "
                 "is not one"
             )
-        wf_name = f"{func.__module__}.{func.__qualname__}" if name is None else name
-        if not wf_name.strip():
-            raise InvalidArgument("a workflow name must not be empty")
+        wf_name = check_workflow_name(f"{func.__module__}.{func.__qualname__}" if name is None else name)
         wf = Workflow(func, wf_name)
         register(wf)
         return wf

@@ -10,6 +10,8 @@ hierarchy. ``json``/``jsonb`` columns come back as text, so that
 from __future__ import annotations
 
 import asyncio
+import re
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from werkfluss.errors import (
+    ConfigurationError,
     DatabaseBusy,
     DatabaseError,
     DatabaseUnavailable,
@@ -31,6 +34,7 @@ from werkfluss.errors import (
     RunIdConflict,
     RunNotFound,
     SchemaNotReady,
+    ValueRefused,
 )
 from werkfluss.store.queries import QUERIES
 
@@ -63,15 +67,96 @@ def describe_dsn(dsn: str) -> str:
     for key, label in (("host", "host"), ("port", "port"), ("dbname", "database"), ("user", "user")):
         if info.get(key):
             parts.append(f"{label}={info[key]}")
-    return " ".join(parts) or "the default PostgreSQL server (libpq defaults)"
+    description = " ".join(parts) or "the default PostgreSQL server (libpq defaults)"
+    return scrub(description, _passwords(dsn))
+
+
+# A URL's scheme, and its password in the query string (…?password=…&…).
+_URL_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
+_URL_QUERY_PASSWORD = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
+# key=value form: password=secret, password = 'quoted \'too\'' (or unterminated).
+_KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'?|\S*)", re.IGNORECASE)
+# Everything from password= up to the next key= (or the end).
+_KV_PASSWORD_RUN = re.compile(r"(?:^|\s)password\s*=\s*([^'\s].*?)(?=\s+\w+\s*=|\s*$)", re.IGNORECASE)
+# The same, found in any text (an error message echoing part of a DSN).
+_TEXT_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)[^@\s]*@")
+_TEXT_KV_PASSWORD = re.compile(
+    r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&\"]*)", re.IGNORECASE
+)
+
+
+def _passwords(dsn: str) -> list[str]:
+    """Every string in ``dsn`` that may be its password, longest first.
+
+    Works on connection strings libpq cannot parse, too: the password is
+    looked for where the URL form (``scheme://user:secret@host``, ``?password=``)
+    and the key=value form (``password=secret``, quoted or not) put it.
+    """
+    found: set[str] = set()
+    password = _password(dsn)
+    if password:
+        found.add(password)
+    match = _URL_SCHEME.match(dsn)
+    if match:
+        rest = dsn[match.end():]
+        query = rest.find("?")
+        for end in {len(rest), query if query >= 0 else len(rest)}:
+            at = rest.rfind("@", 0, end)
+            userinfo = rest[:at] if at >= 0 else ""
+            if ":" in userinfo:
+                secret = userinfo.split(":", 1)[1]
+                found.add(secret)
+                # An unencoded '@' in the password: libpq takes what follows it
+                # for the host ("host 'ssw0rd@db'"), so the parts are secrets too;
+                # a short one only where it stands before an '@', so that a
+                # password "p@ss" does not turn every "p" of a message into ***.
+                first, *after = secret.split("@")
+                found.update(part for part in [first, *after] if len(part) >= 4)
+                found.update(f"{part}@" for part in after if part)
+        found.update(m.group(1) for m in _URL_QUERY_PASSWORD.finditer(rest))
+    for m in _KV_PASSWORD_RUN.finditer(dsn):
+        # An unquoted password with a space: libpq then reads its second word
+        # as a key ('missing "=" after "…"'), so each word is a secret too.
+        found.update(m.group(1).split())
+    for m in _KV_PASSWORD.finditer(dsn):
+        value = m.group(1)
+        if value.startswith("'"):
+            found.add(value)
+            if len(value) > 1 and value.endswith("'"):
+                value = value[1:-1]
+            else:  # unterminated: the password is probably its first word
+                value = value[1:]
+                found.update(value.split())
+            found.add(re.sub(r"\\(.)", r"\1", value))
+        found.add(value)
+    found.update([urllib.parse.unquote(v) for v in found])
+    return sorted((v for v in found if v), key=len, reverse=True)
 
 
 def _password(dsn: str) -> str | None:
+    """The password of a connection string libpq can parse (else ``None``)."""
     try:
         value = conninfo_to_dict(dsn).get("password")
     except psycopg.ProgrammingError:
         return None
     return str(value) if value else None
+
+
+def scrub(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` without any of ``secrets`` and without anything shaped like a password.
+
+    ``scheme://user:secret@`` becomes ``scheme://user:***@`` and
+    ``password=secret`` becomes ``password=***``, whatever the DSN was.
+    """
+    for secret in secrets:
+        if secret.endswith("@"):  # a piece of a password with an unencoded '@'
+            text = text.replace(secret, "***@")
+        elif len(secret) < 4:  # short: only where it stands alone, not inside words
+            text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", "***", text)
+        else:
+            text = text.replace(secret, "***")
+    text = _TEXT_URL_USERINFO.sub(r"\1***@", text)
+    return _TEXT_KV_PASSWORD.sub(r"\1***", text)
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -102,7 +187,7 @@ class Connector:
     ) -> None:
         self.dsn = dsn
         self.description = describe_dsn(dsn)
-        self._secret = _password(dsn)
+        self._secrets = _passwords(dsn)
         self._min_size = min_size
         self._max_size = max_size
         self._application_name = application_name
@@ -156,10 +241,16 @@ class Connector:
         }
 
     async def _connect(self, dsn: str | None = None) -> psycopg.AsyncConnection[Row]:
+        dsn = dsn or self.dsn
+        secrets = [*self._secrets, *_passwords(dsn)] if dsn != self.dsn else self._secrets
         try:
-            conn = await psycopg.AsyncConnection.connect(dsn or self.dsn, **self._connect_kwargs())
+            conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as err:
+            raise _malformed(err, secrets) from None
+        try:
+            conn = await psycopg.AsyncConnection.connect(dsn, **self._connect_kwargs())
         except psycopg.Error as err:
-            raise self._unavailable(err) from None
+            raise self._unavailable(err, secrets) from None
         await _configure(conn)
         return conn
 
@@ -176,7 +267,7 @@ class Connector:
         except PoolTimeout as err:
             raise self._unavailable(err) from None
         except (psycopg.OperationalError, psycopg.InterfaceError) as err:
-            if _connection_lost(err):
+            if _connection_failed(err):
                 self._heal()
             raise
 
@@ -210,7 +301,7 @@ class Connector:
                     cur = await conn.execute(QUERIES[query], params or None)
                     return await cur.fetchall() if cur.description else []
             except psycopg.Error as err:
-                if attempt == 0 and query in READ_ONLY and _connection_lost(err):
+                if attempt == 0 and query in READ_ONLY and _connection_failed(err):
                     await self._healed()
                     continue
                 self._raise(err, params)
@@ -307,10 +398,10 @@ class Connector:
     # --- errors ----------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return scrub(text, self._secrets)
 
-    def _unavailable(self, err: BaseException) -> DatabaseUnavailable:
-        reason = self._scrub(str(err).strip()) or type(err).__name__
+    def _unavailable(self, err: BaseException, secrets: Sequence[str] = ()) -> DatabaseUnavailable:
+        reason = scrub(str(err).strip(), [*self._secrets, *secrets]) or type(err).__name__
         return DatabaseUnavailable(
             f"cannot reach PostgreSQL at {self.description}: {reason}. Check that the server "
             "is running and that --dsn / WERKFLUSS_DATABASE_URL point to it"
@@ -321,36 +412,80 @@ class Connector:
         raise translate_error(err, params, self) from err
 
 
+def _malformed(err: psycopg.Error, secrets: Sequence[str]) -> ConfigurationError:
+    reason = scrub(str(err).strip(), secrets)
+    return ConfigurationError(
+        f"the connection string is malformed: {reason}. Write it as a URL, "
+        "postgresql://user@host:5432/dbname, or as key=value pairs, "
+        "'host=… port=5432 dbname=… user=…' (--dsn / WERKFLUSS_DATABASE_URL)"
+    )
+
+
+# SQLSTATEs that mean the connection itself failed: class 08 (connection
+# exception) and the server going away (admin_shutdown, crash_shutdown,
+# cannot_connect_now).
+_CONNECTION_LOST = ("57P01", "57P02", "57P03")
+
+
+def _connection_failed(err: psycopg.Error) -> bool:
+    state = err.sqlstate
+    if state:
+        return state.startswith("08") or state in _CONNECTION_LOST
+    # No SQLSTATE: raised by the client. It is about the connection when the
+    # connection is closed or broken; psycopg raises those as OperationalError
+    # (or InterfaceError once it knows the connection is closed).
+    if isinstance(err, psycopg.errors.PipelineAborted):
+        return False
+    if isinstance(err, psycopg.InterfaceError):
+        return True
+    if isinstance(err, psycopg.OperationalError):
+        pgconn = err.pgconn
+        return pgconn is None or pgconn.status != psycopg.pq.ConnStatus.OK
+    return False
+
+
 def translate_error(err: psycopg.Error, params: Params, connector: Connector) -> Exception:
+    """The :mod:`werkfluss.errors` exception for a psycopg error; never a password in it.
+
+    - the connection failed or was lost: :class:`DatabaseUnavailable`;
+    - a werkfluss function refused its input (``22023``, raised by our checks):
+      :class:`InvalidArgument`; any other value PostgreSQL refused (class ``22``
+      data exceptions, class ``54`` limits such as an index row too large):
+      :class:`ValueRefused`, an ``InvalidArgument`` that is also a ``DatabaseError``;
+    - the schema is missing or old: :class:`SchemaNotReady`;
+    - ``P0002`` for a run id: :class:`RunNotFound`; a run id taken by another
+      workflow: :class:`RunIdConflict`;
+    - anything else: :class:`DatabaseError`, quoting PostgreSQL's message.
+    """
+    if _connection_failed(err):
+        return connector._unavailable(err)
     diag = err.diag
     message = connector._scrub(diag.message_primary or str(err).strip())
-    hint = f" ({diag.message_hint})" if diag.message_hint else ""
-    if isinstance(err, (psycopg.OperationalError, psycopg.InterfaceError)) and not isinstance(
-        err, psycopg.errors.QueryCanceled
-    ):
-        return connector._unavailable(err)
+    hint = f" ({connector._scrub(diag.message_hint)})" if diag.message_hint else ""
+    state = err.sqlstate or ""
     if isinstance(err, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction,
                         psycopg.errors.InvalidSchemaName)) and "werkfluss" in message:
-        return SchemaNotReady(message)
+        return SchemaNotReady(
+            f"{message}; a worker started with `python -m werkfluss.worker --migrate` applies "
+            "the migrations too"
+        )
     if isinstance(err, psycopg.errors.NoDataFound) and "run_id" in params:
         return RunNotFound(str(params["run_id"]))
     if isinstance(err, psycopg.errors.UniqueViolation) and message.startswith("werkfluss."):
         return RunIdConflict(message + hint)
-    if isinstance(err, (psycopg.errors.InvalidParameterValue, psycopg.errors.RaiseException)):
+    if isinstance(err, psycopg.errors.RaiseException) or (
+        isinstance(err, psycopg.errors.InvalidParameterValue) and message.startswith("werkfluss.")
+    ):
         return InvalidArgument(message + hint)
+    if state.startswith(("22", "54")) or (not state and isinstance(err, psycopg.DataError)):
+        what = "too large" if state.startswith("54") else "not acceptable"
+        return ValueRefused(f"PostgreSQL refused a value as {what}: {message}{hint}")
+    if isinstance(err, psycopg.errors.InsufficientPrivilege):
+        return DatabaseError(
+            f"PostgreSQL error: {message}{hint}. The role in the connection string lacks a "
+            "grant; see the roles section of docs/operations.md"
+        )
     return DatabaseError(f"PostgreSQL error: {message}{hint}")
-
-
-def _connection_lost(err: BaseException) -> bool:
-    """Whether ``err`` means the connection is gone (not a query that failed on a live one)."""
-    if isinstance(err, psycopg.errors.QueryCanceled):
-        return False
-    if isinstance(err, psycopg.InterfaceError):
-        return True
-    if not isinstance(err, psycopg.OperationalError):
-        return False
-    state = getattr(err, "sqlstate", None) or ""
-    return state == "" or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 async def _check_pool(pool: AsyncConnectionPool[Any]) -> None:
