@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 import datetime as dt
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,13 +41,28 @@ STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", 
 
 
 def _load(text: str | None) -> Any:
-    """Decode stored JSON; a value whose class is not importable here stays plain JSON."""
+    """Decode stored JSON for display. A value this process cannot rebuild
+    (a class not imported here, a malformed tagged value) stays plain JSON, and
+    JSON too deep to read stays text: listing runs never fails on a bad value."""
     if text is None:
         return None
     try:
         return serializer.loads(text)
-    except WerkflussError:
+    except (Exception, RecursionError):
+        pass
+    try:
         return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
+def _json(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return {"type": "UnknownError", "message": text[:1000]}
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,7 @@ class RunInfo:
             args=_load(row["args"]),
             kwargs=_load(row["kwargs"]),
             result=_load(row["result"]),
-            error=json.loads(row["error"]) if row["error"] else None,
+            error=_json(row["error"]),
             parent_id=row["parent_id"],
             wake_at=row["wake_at"],
             waiting_on=row["waiting_on"],
@@ -118,7 +133,7 @@ class StepRecord:
             status=row["status"],
             input=_load(row["input"]),
             output=_load(row["output"]),
-            error=json.loads(row["error"]) if row["error"] else None,
+            error=_json(row["error"]),
             attempts=row["attempts"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],

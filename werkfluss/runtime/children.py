@@ -20,7 +20,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from werkfluss import serializer
-from werkfluss.errors import RunCancelled, RunFailed
+from werkfluss.errors import RunCancelled, RunFailed, SerializationError
 from werkfluss.limits import CHILD_ID_SEPARATOR
 from werkfluss.records import LogRecord
 from werkfluss.runtime.context import error_from_json
@@ -85,7 +85,7 @@ class ChildCall(DurableCall):
         child_id = str(output.get("run_id", self.child_id))
         status = output.get("status", record.status)
         if status == "completed":
-            return serializer.decode(output.get("result"))
+            return _decode(output.get("result"))
         if status == "cancelled":
             raise RunCancelled(child_id)
         raise RunFailed.from_record(child_id, error_from_json(record.error))
@@ -93,3 +93,12 @@ class ChildCall(DurableCall):
     def cancel(self, run: WorkflowInstance, seq: int) -> None:
         if self.child_id:
             run.cancel_child(self.child_id)
+
+
+def _decode(value: Any) -> Any:
+    try:
+        return serializer.decode(value)
+    except SerializationError:
+        raise
+    except (Exception, RecursionError) as exc:
+        raise SerializationError(f"{type(exc).__name__}: {exc}"[:500]) from None

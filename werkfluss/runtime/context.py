@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from werkfluss import serializer
 from werkfluss.errors import NotInRunError
 from werkfluss.records import LogRecord
-from werkfluss.runtime.durable import DurableCall
+from werkfluss.runtime.durable import DurableCall, load_value
 from werkfluss.runtime.loop import WorkflowLoop
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class _ValueCall(DurableCall):
         return value
 
     def restore(self, run: WorkflowInstance, seq: int, record: LogRecord) -> Any:
-        return serializer.loads(record.output)
+        return load_value(record.output)
 
 
 def now() -> dt.datetime:

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from werkfluss import serializer
+from werkfluss.errors import SerializationError
 from werkfluss.records import LogRecord
 
 if TYPE_CHECKING:
@@ -66,3 +68,15 @@ class DurableCall:
 
     def describe(self) -> str:
         return f"{self.kind} {self.name!r}" if self.name is not None else f"{self.kind} (generated)"
+
+
+def load_value(text: str | None) -> Any:
+    """Decode a stored value; *any* failure (a malformed tagged value, a value too
+    deep to read) is a :class:`SerializationError`, never something else, so the
+    run it belongs to fails with a clear error and nothing else is touched."""
+    try:
+        return serializer.loads(text)
+    except SerializationError:
+        raise
+    except (Exception, RecursionError) as exc:
+        raise SerializationError(f"{type(exc).__name__}: {exc}"[:500]) from None

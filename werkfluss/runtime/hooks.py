@@ -31,14 +31,13 @@ import json
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from werkfluss import serializer
 from werkfluss.durations import Duration, parse_duration
 from werkfluss.errors import HookConflict, InvalidArgument, NotInRunError
 from werkfluss.limits import check_token
 from werkfluss.records import LogRecord
 from werkfluss.runtime import commands as cmd
 from werkfluss.runtime.context import current_instance, error_from_json
-from werkfluss.runtime.durable import DurableCall
+from werkfluss.runtime.durable import DurableCall, load_value
 from werkfluss.runtime.failures import error_record, rebuild_exception
 
 if TYPE_CHECKING:
@@ -166,7 +165,7 @@ class ReceiveCall(DurableCall):
 
     def resolve(self, run: WorkflowInstance, record: LogRecord) -> Any:
         if record.status == "completed":
-            return serializer.loads(record.output)
+            return load_value(record.output)
         raise rebuild_exception(error_from_json(record.error),
                                 where=f" for run {run.run_id} seq {record.seq}")
 

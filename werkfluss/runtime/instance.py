@@ -47,7 +47,7 @@ from werkfluss.clock import Clock
 from werkfluss.errors import NonDeterminismError, RecordRefused, SerializationError, WerkflussError
 from werkfluss.records import DELIVERY_KINDS, ChildOutcome, LogRecord, Payload
 from werkfluss.runtime import commands as cmd
-from werkfluss.runtime.durable import DurableCall
+from werkfluss.runtime.durable import DurableCall, load_value
 from werkfluss.runtime.failures import error_json, type_name
 from werkfluss.runtime.loop import DurableTimerHandle, WorkflowLoop
 from werkfluss.runtime.state import Lifecycle, RunState
@@ -188,8 +188,8 @@ class WorkflowInstance:
             self._finish_failed(self._timed_out())
             return self._flush()
         try:
-            args = serializer.loads(self._args) if isinstance(self._args, str) else self._args
-            kwargs = serializer.loads(self._kwargs) if isinstance(self._kwargs, str) else self._kwargs
+            args = load_value(self._args) if isinstance(self._args, str) else self._args
+            kwargs = load_value(self._kwargs) if isinstance(self._kwargs, str) else self._kwargs
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 raise SerializationError("the run's args must be a JSON array and kwargs a JSON object")
         except SerializationError as exc:

@@ -24,7 +24,7 @@ from werkfluss.durations import Duration, optional_duration, parse_duration
 from werkfluss.errors import InvalidArgument, StepFailed
 from werkfluss.records import LogRecord
 from werkfluss.runtime import context
-from werkfluss.runtime.durable import DurableCall
+from werkfluss.runtime.durable import DurableCall, load_value
 from werkfluss.runtime.failures import rebuild_exception
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ class StepCall(DurableCall):
 
     def resolve(self, run: WorkflowInstance, record: LogRecord) -> Any:
         if record.status == "completed":
-            return serializer.loads(record.output)
+            return load_value(record.output)
         raise rebuild_exception(
             context.error_from_json(record.error), where=f" for run {run.run_id} seq {record.seq}"
         )

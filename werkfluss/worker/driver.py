@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from werkfluss import telemetry
 from werkfluss.clock import Cancellable
-from werkfluss.errors import DatabaseError, LeaseLost, RecordRefused, SerializationError
+from werkfluss.errors import DatabaseError, LeaseLost, RecordRefused, SerializationError, WerkflussError
 from werkfluss.runtime import commands as cmd
+from werkfluss.runtime.failures import error_json
 from werkfluss.runtime.instance import WorkflowInstance
 from werkfluss.runtime.state import RunState
 from werkfluss.store import dispatch
@@ -108,9 +109,23 @@ class RunDriver:
         except Exception as err:  # a bug in werkfluss: loud, and this run alone pays for it
             telemetry.logger().exception("worker.driver_failed", run_id=self.run_id, error=str(err))
             if not self._left():
-                self._carry_out(instance.lost(f"internal error: {err!r}"))
+                instance.lost(f"internal error: {err!r}")
+                await self._fail_after_internal_error(err)
         finally:
             self._cleanup()
+
+    async def _fail_after_internal_error(self, err: Exception) -> None:
+        """Record the run as failed with the internal error, so that it is seen
+        (and can be retried) instead of being claimed again and again."""
+        error = WerkflussError(
+            f"werkfluss could not execute run {self.run_id}: {type(err).__name__}: {err}. "
+            "This is a bug in werkfluss; please report it with this run's log"
+        )
+        write = w.FinishRun(self.lease, "failed", None, error_json(error))
+        try:
+            await self.worker.recorder.submit(write)
+        except (LeaseLost, RecordRefused, DatabaseError):
+            pass
 
     def _left(self) -> bool:
         state = self.instance.state
