@@ -45,7 +45,8 @@ def _kill_worker_connections(dsn: str) -> int:
 
 
 async def test_new_runs_are_picked_up_within_a_second_after_every_connection_is_cut(dsn: str) -> None:
-    async with Engine(dsn) as engine, engine.worker(workflows=[one], poll_interval="30s", lease="30s") as worker:
+    async with Engine(dsn) as engine, \
+            engine.worker(workflows=[one], poll_interval="30s", lease="30s") as worker:
         handle = await engine.start(one, "before")
         assert await handle.result(timeout=10) == "before"
         assert _kill_worker_connections(dsn) >= 2  # the pool's and the LISTEN connection

@@ -74,7 +74,8 @@ async def test_a_refused_record_fails_only_its_own_write_in_a_batch(engine: Engi
             AppendEvent(lease, LogRecord(seq=1, kind="step", name="tests.isolation.work", status="completed",
                                          input=given, output='"ok"', started_at=now, finished_at=now))
             # events.input is jsonb, which refuses a NUL character even in a key.
-            for lease, given in zip(leases, ['{"args": []}', '{"bad\\u0000key": 1}', '{"args": []}'], strict=True)
+            for lease, given in zip(
+                leases, ['{"args": []}', '{"bad\\u0000key": 1}', '{"args": []}'], strict=True)
         ]
         for write in writes:  # all queued before the writer runs: one batch
             recorder.submit(write)
