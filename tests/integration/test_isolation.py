@@ -82,7 +82,8 @@ async def test_a_refused_record_fails_only_its_own_write_in_a_batch(engine: Engi
         outcomes = await asyncio.gather(*(w.future for w in writes), return_exceptions=True)
     finally:
         await recorder.stop()
-    assert outcomes[0] is None and outcomes[2] is None
+    assert outcomes[0] is None
+    assert outcomes[2] is None
     assert isinstance(outcomes[1], RecordRefused)
     assert "refused" in str(outcomes[1])
     assert recorder.isolations == 1
