@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from werkfluss import serializer
-from werkfluss.errors import DatabaseUnavailable, RunCancelled, RunFailed, RunNotFound, WerkflussError
+from werkfluss.errors import DatabaseUnavailable, RunCancelled, RunFailed, RunNotFound
 from werkfluss.store.connector import Connector, Row
 from werkfluss.store.listener import Listener
 
