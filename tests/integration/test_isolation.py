@@ -125,7 +125,8 @@ async def test_a_poisoned_step_result_fails_its_run_and_spares_the_others(
         ("a tagged value of the wrong shape", '[{"__werkfluss__": "timedelta", "v": "x"}]'),
         ("a datetime tag holding garbage", '[{"__werkfluss__": "datetime", "v": "not a time"}]'),
         ("an unknown tag", '[{"__werkfluss__": "pickle", "v": "gASV"}]'),
-        ("a class in a module nobody imported", '[{"__werkfluss__": "dataclass", "cls": "antigravity:X", "v": {}}]'),
+        ("a class in a module nobody imported",
+         '[{"__werkfluss__": "dataclass", "cls": "this:X", "v": {}}]'),
         ("an array 3,000 levels deep", "[" * 3000 + "]" * 3000),
     ],
 )
