@@ -59,9 +59,10 @@ def sql_value(dsn: str, query: str, params: Any = None) -> Any:
 class WorkerProcess:
     """``python -m werkfluss.worker`` as a child process, output kept in a file."""
 
-    def __init__(self, dsn: str, app: str, *args: str, log_dir: Path, name: str = "worker") -> None:
+    def __init__(self, dsn: str, app: str, *args: str, log_dir: Path, name: str = "worker",
+                 env: dict[str, str] | None = None) -> None:
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
-        env = dict(os.environ, PYTHONPATH=str(ROOT), WERKFLUSS_TEST_DSN=dsn)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), WERKFLUSS_TEST_DSN=dsn, **(env or {}))
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "werkfluss.worker", "--app", app, "--dsn", dsn,

@@ -24,8 +24,8 @@ def spawn(dsn: str, tmp_path: Path) -> Iterator[object]:
     """Start worker processes serving the effects app; all are killed at the end."""
     started: list[WorkerProcess] = []
 
-    def _spawn(*args: str, name: str = "worker") -> WorkerProcess:
-        worker = WorkerProcess(dsn, APP, *args, log_dir=tmp_path, name=name)
+    def _spawn(*args: str, name: str = "worker", env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(dsn, APP, *args, log_dir=tmp_path, name=name, env=env)
         started.append(worker)
         return worker
 

@@ -89,3 +89,18 @@ async def chaos(n: int) -> str:
     await effect(f"chaos-{n}-c", 0.05)
     await effect(f"chaos-{n}-d", 0)
     return f"chaos-{n}-done"
+
+
+@workflow(name="tests.effects.timed_sleep")
+async def timed_sleep(seconds: float) -> str:
+    await effect("before-sleep", 0)
+    await sleep(seconds)
+    await effect("after-sleep", 0)
+    return "woke"
+
+
+@workflow(name="tests.effects.overrun")
+async def overrun(seconds: float) -> str:
+    await effect("overrun-start", 0)
+    await sleep(seconds)  # longer than the run's timeout
+    return "should have timed out"
