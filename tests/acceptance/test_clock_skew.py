@@ -29,7 +29,9 @@ LIBFAKETIME = next(
     None,
 )
 
-pytestmark = pytest.mark.skipif(LIBFAKETIME is None, reason="libfaketime is not installed (apt-get install faketime)")
+pytestmark = pytest.mark.skipif(
+    LIBFAKETIME is None, reason="libfaketime is not installed (apt-get install faketime)"
+)
 
 
 def _skewed(offset: str) -> dict[str, str]:
@@ -38,7 +40,9 @@ def _skewed(offset: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("offset", ["-120s", "+120s"])
-async def test_a_worker_with_a_skewed_clock_wakes_sleeps_on_time(effects: str, spawn: Any, offset: str) -> None:
+async def test_a_worker_with_a_skewed_clock_wakes_sleeps_on_time(
+    effects: str, spawn: Any, offset: str
+) -> None:
     dsn = effects
     worker = spawn("--lease", "2s", "--poll", "0.2s", name=f"skewed{offset}", env=_skewed(offset))
     await worker.wait_for_output("worker.started")
@@ -62,9 +66,12 @@ async def test_a_worker_with_a_skewed_clock_wakes_sleeps_on_time(effects: str, s
 
 
 @pytest.mark.parametrize("offset", ["-120s", "+120s"])
-async def test_a_worker_with_a_skewed_clock_keeps_run_deadlines(effects: str, spawn: Any, offset: str) -> None:
+async def test_a_worker_with_a_skewed_clock_keeps_run_deadlines(
+    effects: str, spawn: Any, offset: str
+) -> None:
     dsn = effects
-    worker = spawn("--lease", "2s", "--poll", "0.2s", name=f"deadline{offset}", env=_skewed(offset))
+    worker = spawn("--lease", "2s", "--poll", "0.2s", name=f"deadline{offset}",
+                   env=_skewed(offset))
     await worker.wait_for_output("worker.started")
     async with Engine(dsn) as engine:
         handle = await engine.start(overrun, 60.0, timeout="2s")
@@ -83,5 +90,6 @@ def test_libfaketime_really_skews_a_child_process() -> None:
     import sys
 
     out = subprocess.run([sys.executable, "-c", "import time; print(time.time())"],
-                         env=dict(os.environ, **_skewed("+120s")), capture_output=True, text=True, check=True)
+                         env=dict(os.environ, **_skewed("+120s")), capture_output=True, text=True,
+                         check=True)
     assert float(out.stdout) - time.time() > 100
