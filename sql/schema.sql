@@ -1,0 +1,487 @@
+-- The werkfluss schema as the migrations in sql/migrations leave it (a snapshot:
+-- tests/integration/test_schema.py checks they agree; that file says how to rewrite it).
+-- Install with `werkfluss migrate`, never from this file: migrate records what it applied.
+
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
+
+CREATE SCHEMA werkfluss;
+
+CREATE FUNCTION werkfluss._cancel_tree(roots text[]) RETURNS text[]
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    tree      text[];
+    cancelled text[];
+BEGIN
+    WITH RECURSIVE t(id, depth) AS (
+        SELECT r.id, 0 FROM werkfluss.runs r
+         WHERE r.id = ANY(roots) AND r.status NOT IN ('completed', 'failed', 'cancelled')
+        UNION
+        SELECT c.id, t.depth + 1 FROM werkfluss.runs c JOIN t ON c.parent_id = t.id
+         WHERE c.status NOT IN ('completed', 'failed', 'cancelled')
+    )
+    SELECT coalesce(array_agg(id ORDER BY depth DESC, id), '{}') INTO tree FROM t;
+    IF cardinality(tree) = 0 THEN
+        RETURN tree;
+    END IF;
+    PERFORM 1 FROM werkfluss.queue q WHERE q.run_id = ANY(tree)
+     ORDER BY array_position(tree, q.run_id) FOR UPDATE;
+    DELETE FROM werkfluss.queue q WHERE q.run_id = ANY(tree);
+    WITH done AS (
+        UPDATE werkfluss.runs r
+           SET status = 'cancelled', finished_at = now(), updated_at = now(),
+               wake_at = NULL, waiting_on = NULL
+         WHERE r.id = ANY(tree) AND r.status NOT IN ('completed', 'failed', 'cancelled')
+        RETURNING r.id
+    )
+    SELECT coalesce(array_agg(id), '{}') INTO cancelled FROM done;
+    IF cardinality(cancelled) > 0 THEN
+        PERFORM pg_notify('werkfluss_runs',
+            CASE WHEN length(array_to_string(cancelled, ',')) <= 7900
+                      AND NOT EXISTS (SELECT 1 FROM unnest(cancelled) x WHERE strpos(x, ',') > 0)
+                 THEN array_to_string(cancelled, ',') ELSE '*' END);
+    END IF;
+    RETURN cancelled;
+END
+$$;
+
+CREATE FUNCTION werkfluss._reap_workers() RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    dead     text[];
+    released integer;
+BEGIN
+    WITH d AS (
+        SELECT w.id FROM werkfluss.workers w
+         WHERE w.state IN ('running', 'stopping')
+           AND w.heartbeat_at < now() - make_interval(secs => w.lease_seconds)
+           FOR UPDATE SKIP LOCKED
+    ), marked AS (
+        UPDATE werkfluss.workers w SET state = 'dead', stopped_at = now()
+          FROM d WHERE w.id = d.id
+        RETURNING w.id
+    )
+    SELECT coalesce(array_agg(id), '{}') INTO dead FROM marked;
+    IF cardinality(dead) = 0 THEN
+        RETURN 0;
+    END IF;
+    -- worker_id stays: the next claim reports whose run it took over.
+    WITH freed AS (
+        UPDATE werkfluss.queue q
+           SET lease_id = NULL, available_at = now()
+         WHERE q.worker_id = ANY(dead) AND q.lease_id IS NOT NULL
+        RETURNING q.run_id
+    ), reset AS (
+        UPDATE werkfluss.runs r SET status = 'pending', updated_at = now()
+          FROM freed f WHERE r.id = f.run_id AND r.status = 'running'
+        RETURNING r.id
+    )
+    SELECT count(*) INTO released FROM freed;
+    IF released > 0 THEN
+        PERFORM pg_notify('werkfluss_queue', '');
+    END IF;
+    RETURN released;
+END
+$$;
+
+CREATE FUNCTION werkfluss._run_inputs(run_id text, OUT wakeups integer, OUT inbox jsonb, OUT children jsonb) RETURNS record
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT (SELECT q.wakeups FROM werkfluss.queue q WHERE q.run_id = _run_inputs.run_id),
+           (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'id', p.id, 'token', p.token, 'payload', p.payload,
+                       'received_at', p.received_at) ORDER BY p.id), '[]'::jsonb)
+              FROM werkfluss.hooks h
+              JOIN werkfluss.hook_payloads p ON p.token = h.token AND p.consumed_seq IS NULL
+             WHERE h.run_id = _run_inputs.run_id),
+           (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'run_id', c.id, 'status', c.status, 'result', c.result, 'error', c.error,
+                       'finished_at', c.finished_at) ORDER BY c.finished_at, c.id), '[]'::jsonb)
+              FROM werkfluss.runs c
+             WHERE c.parent_id = _run_inputs.run_id AND c.finished_at IS NOT NULL AND NOT c.delivered)
+$$;
+
+CREATE FUNCTION werkfluss._send(token text, payload jsonb) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    h      werkfluss.hooks%ROWTYPE;
+    status text;
+BEGIN
+    IF _send.token IS NULL OR _send.token = '' THEN
+        RAISE EXCEPTION 'werkfluss.send: the token is empty' USING ERRCODE = '22023';
+    END IF;
+    -- Serializes sends for one token with the creation of its hook.
+    PERFORM pg_advisory_xact_lock(hashtextextended('werkfluss.hook:' || _send.token, 0));
+    SELECT * INTO h FROM werkfluss.hooks WHERE hooks.token = _send.token;
+    IF NOT FOUND THEN
+        IF _send.token LIKE 'wfh\_%' THEN
+            RETURN 'unknown_token';
+        END IF;
+        IF EXISTS (SELECT 1 FROM werkfluss.hook_payloads p WHERE p.token = _send.token) THEN
+            RETURN 'duplicate_early_payload';
+        END IF;
+        INSERT INTO werkfluss.hook_payloads (token, payload)
+        VALUES (_send.token, coalesce(_send.payload, 'null'::jsonb));
+        RETURN 'delivered';
+    END IF;
+    PERFORM 1 FROM werkfluss.queue q WHERE q.run_id = h.run_id FOR UPDATE;
+    SELECT r.status INTO status FROM werkfluss.runs r WHERE r.id = h.run_id FOR UPDATE;
+    IF status IS NULL OR status IN ('completed', 'failed', 'cancelled') THEN
+        RETURN 'run_ended';
+    END IF;
+    IF NOT h.multi AND EXISTS (SELECT 1 FROM werkfluss.hook_payloads p WHERE p.token = h.token) THEN
+        RETURN 'already_used';
+    END IF;
+    INSERT INTO werkfluss.hook_payloads (token, payload)
+    VALUES (h.token, coalesce(_send.payload, 'null'::jsonb));
+    PERFORM werkfluss._wake(h.run_id);
+    RETURN 'delivered';
+END
+$$;
+
+CREATE FUNCTION werkfluss._wake(run_id text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    claimable boolean;
+    wf        text;
+BEGIN
+    UPDATE werkfluss.queue q
+       SET wakeups = q.wakeups + 1,
+           available_at = CASE WHEN q.lease_id IS NULL THEN now() ELSE q.available_at END
+     WHERE q.run_id = _wake.run_id
+    RETURNING q.lease_id IS NULL, q.workflow INTO claimable, wf;
+    IF FOUND THEN
+        IF claimable THEN
+            PERFORM pg_notify('werkfluss_queue', wf);
+        ELSE
+            PERFORM pg_notify('werkfluss_wake', _wake.run_id);
+        END IF;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION werkfluss.cancel_run(run_id text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+    parent    text;
+    cancelled text[];
+BEGIN
+    IF cancel_run.run_id IS NULL OR btrim(cancel_run.run_id, E' \t\n\r\v\f') = '' THEN
+        RAISE EXCEPTION 'werkfluss.cancel_run: run_id is %',
+                CASE WHEN cancel_run.run_id IS NULL THEN 'NULL' ELSE 'empty' END
+            USING ERRCODE = '22023', HINT = 'pass the id start_run returned';
+    END IF;
+    SELECT r.parent_id INTO parent FROM werkfluss.runs r WHERE r.id = cancel_run.run_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'werkfluss.cancel_run: no run with id %', cancel_run.run_id
+            USING ERRCODE = 'P0002';
+    END IF;
+    cancelled := werkfluss._cancel_tree(ARRAY[cancel_run.run_id]);
+    IF NOT cancel_run.run_id = ANY(cancelled) THEN
+        RETURN false;
+    END IF;
+    IF parent IS NOT NULL THEN
+        PERFORM werkfluss._wake(parent);
+    END IF;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION werkfluss.run_status(run_id text, OUT status text, OUT result jsonb, OUT error jsonb) RETURNS record
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF run_status.run_id IS NULL OR btrim(run_status.run_id, E' \t\n\r\v\f') = '' THEN
+        RAISE EXCEPTION 'werkfluss.run_status: run_id is %',
+                CASE WHEN run_status.run_id IS NULL THEN 'NULL' ELSE 'empty' END
+            USING ERRCODE = '22023', HINT = 'pass the id start_run returned';
+    END IF;
+    SELECT r.status, r.result, r.error INTO run_status.status, run_status.result, run_status.error
+      FROM werkfluss.runs r
+     WHERE r.id = run_status.run_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'werkfluss.run_status: no run with id %', run_status.run_id
+            USING ERRCODE = 'P0002';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION werkfluss.send(token text, payload jsonb DEFAULT 'null'::jsonb) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF send.token IS NULL OR btrim(send.token, E' \t\n\r\v\f') = '' THEN
+        RAISE EXCEPTION 'werkfluss.send: the token is %',
+                CASE WHEN send.token IS NULL THEN 'NULL' ELSE 'empty' END
+            USING ERRCODE = '22023',
+                  HINT = 'pass the token the workflow handed out (hook().token)';
+    END IF;
+    IF length(send.token) > 500 THEN
+        RAISE EXCEPTION 'werkfluss.send: the token is % characters long; the limit is 500',
+                length(send.token)
+            USING ERRCODE = '22023',
+                  HINT = 'no hook can have this token: hook tokens are at most 500 characters';
+    END IF;
+    RETURN werkfluss._send(send.token, send.payload) = 'delivered';
+END
+$$;
+
+CREATE FUNCTION werkfluss.start_run(name text, args jsonb DEFAULT '[]'::jsonb, run_id text DEFAULT NULL::text, kwargs jsonb DEFAULT '{}'::jsonb, timeout interval DEFAULT NULL::interval) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+    new_id   text := coalesce(start_run.run_id, pg_catalog.gen_random_uuid()::text);
+    existing text;
+BEGIN
+    IF start_run.name IS NULL OR btrim(start_run.name, E' \t\n\r\v\f') = '' THEN
+        RAISE EXCEPTION 'werkfluss.start_run: the workflow name is %',
+                CASE WHEN start_run.name IS NULL THEN 'NULL' ELSE 'empty' END
+            USING ERRCODE = '22023',
+                  HINT = 'pass the registered name, e.g. ''app.onboard''';
+    END IF;
+    IF length(start_run.name) > 255 THEN
+        RAISE EXCEPTION 'werkfluss.start_run: the workflow name is % characters long; the limit is 255',
+                length(start_run.name)
+            USING ERRCODE = '22023',
+                  HINT = 'register the workflow under a shorter name with @workflow(name=...)';
+    END IF;
+    IF start_run.args IS NULL OR jsonb_typeof(start_run.args) <> 'array' THEN
+        RAISE EXCEPTION 'werkfluss.start_run: args must be a JSON array, got %',
+                coalesce(jsonb_typeof(start_run.args), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'pass the positional arguments as an array, e.g. ''["user-123"]''::jsonb';
+    END IF;
+    IF start_run.kwargs IS NULL OR jsonb_typeof(start_run.kwargs) <> 'object' THEN
+        RAISE EXCEPTION 'werkfluss.start_run: kwargs must be a JSON object, got %',
+                coalesce(jsonb_typeof(start_run.kwargs), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'pass keyword arguments as an object, e.g. ''{"dry_run": true}''::jsonb';
+    END IF;
+    IF btrim(new_id, E' \t\n\r\v\f') = '' THEN
+        RAISE EXCEPTION 'werkfluss.start_run: run_id is empty'
+            USING ERRCODE = '22023', HINT = 'pass NULL to get a generated id';
+    END IF;
+    IF length(new_id) > 255 THEN
+        RAISE EXCEPTION 'werkfluss.start_run: run_id is % characters long; the limit is 255',
+                length(new_id)
+            USING ERRCODE = '22023',
+                  HINT = 'use a shorter idempotency key, e.g. a hash of the long one';
+    END IF;
+    IF strpos(new_id, '::') > 0 THEN
+        RAISE EXCEPTION 'werkfluss.start_run: run_id % contains ''::'', which is reserved for child runs',
+                quote_literal(new_id)
+            USING ERRCODE = '22023',
+                  HINT = 'child runs get the id ''<parent id>::<seq>''; use another separator, e.g. ''order:42''';
+    END IF;
+    IF start_run.timeout IS NOT NULL AND start_run.timeout <= interval '0' THEN
+        RAISE EXCEPTION 'werkfluss.start_run: timeout must be positive, got %', start_run.timeout
+            USING ERRCODE = '22023', HINT = 'pass NULL for no time limit';
+    END IF;
+
+    INSERT INTO werkfluss.runs (id, workflow, args, kwargs, deadline)
+    VALUES (new_id, start_run.name, start_run.args, start_run.kwargs,
+            now() + start_run.timeout)
+    ON CONFLICT (id) DO NOTHING;
+
+    IF NOT FOUND THEN
+        SELECT r.workflow INTO existing FROM werkfluss.runs r WHERE r.id = new_id;
+        IF existing IS DISTINCT FROM start_run.name THEN
+            RAISE EXCEPTION 'werkfluss.start_run: run id % already belongs to workflow %',
+                    new_id, existing
+                USING ERRCODE = '23505',
+                      HINT = 'use a run id that names the workflow, e.g. ''onboard:user-123''';
+        END IF;
+        RETURN new_id;
+    END IF;
+
+    INSERT INTO werkfluss.queue (run_id, workflow) VALUES (new_id, start_run.name);
+    -- Only the workflow name: ids, never payloads (NOTIFY caps at 8000 bytes),
+    -- and identical notifications in one transaction collapse into one.
+    PERFORM pg_notify('werkfluss_queue', start_run.name);
+    RETURN new_id;
+END
+$$;
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+CREATE TABLE werkfluss.events (
+    run_id text NOT NULL,
+    seq integer NOT NULL,
+    kind text NOT NULL,
+    name text NOT NULL,
+    status text NOT NULL,
+    input jsonb,
+    output json,
+    error jsonb,
+    attempts integer DEFAULT 1 NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT events_status_check CHECK ((status = ANY (ARRAY['completed'::text, 'failed'::text])))
+);
+
+CREATE TABLE werkfluss.hook_payloads (
+    id bigint NOT NULL,
+    token text NOT NULL,
+    payload jsonb NOT NULL,
+    received_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    consumed_run text,
+    consumed_seq integer
+);
+
+CREATE SEQUENCE werkfluss.hook_payloads_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE werkfluss.hook_payloads_id_seq OWNED BY werkfluss.hook_payloads.id;
+
+CREATE TABLE werkfluss.hooks (
+    token text NOT NULL,
+    run_id text NOT NULL,
+    seq integer NOT NULL,
+    multi boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE werkfluss.migrations (
+    version integer NOT NULL,
+    name text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE werkfluss.queue (
+    run_id text NOT NULL,
+    workflow text NOT NULL,
+    available_at timestamp with time zone DEFAULT now() NOT NULL,
+    lease_id uuid,
+    worker_id text,
+    claims integer DEFAULT 0 NOT NULL,
+    wakeups integer DEFAULT 0 NOT NULL
+);
+
+CREATE TABLE werkfluss.runs (
+    id text NOT NULL,
+    workflow text NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    args jsonb DEFAULT '[]'::jsonb NOT NULL,
+    kwargs jsonb DEFAULT '{}'::jsonb NOT NULL,
+    result jsonb,
+    error jsonb,
+    parent_id text,
+    wake_at timestamp with time zone,
+    waiting_on text,
+    deadline timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    delivered boolean DEFAULT false NOT NULL,
+    CONSTRAINT runs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'sleeping'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
+)
+WITH (fillfactor='80');
+
+CREATE TABLE werkfluss.workers (
+    id text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    version text NOT NULL,
+    workflows text[] DEFAULT '{}'::text[] NOT NULL,
+    concurrency integer NOT NULL,
+    lease_seconds double precision NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    heartbeat_at timestamp with time zone DEFAULT now() NOT NULL,
+    runs_held integer DEFAULT 0 NOT NULL,
+    state text DEFAULT 'running'::text NOT NULL,
+    stopped_at timestamp with time zone,
+    CONSTRAINT workers_lease_seconds_check CHECK ((lease_seconds > (0)::double precision)),
+    CONSTRAINT workers_state_check CHECK ((state = ANY (ARRAY['running'::text, 'stopping'::text, 'stopped'::text, 'dead'::text])))
+)
+WITH (fillfactor='50');
+
+ALTER TABLE ONLY werkfluss.hook_payloads ALTER COLUMN id SET DEFAULT nextval('werkfluss.hook_payloads_id_seq'::regclass);
+
+ALTER TABLE ONLY werkfluss.events
+    ADD CONSTRAINT events_pkey PRIMARY KEY (run_id, seq);
+
+ALTER TABLE ONLY werkfluss.hook_payloads
+    ADD CONSTRAINT hook_payloads_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY werkfluss.hooks
+    ADD CONSTRAINT hooks_pkey PRIMARY KEY (token);
+
+ALTER TABLE ONLY werkfluss.migrations
+    ADD CONSTRAINT migrations_pkey PRIMARY KEY (version);
+
+ALTER TABLE ONLY werkfluss.queue
+    ADD CONSTRAINT queue_pkey PRIMARY KEY (run_id);
+
+ALTER TABLE ONLY werkfluss.runs
+    ADD CONSTRAINT runs_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY werkfluss.workers
+    ADD CONSTRAINT workers_pkey PRIMARY KEY (id);
+
+CREATE INDEX hook_payloads_pending_idx ON werkfluss.hook_payloads USING btree (token, id) WHERE (consumed_seq IS NULL);
+
+CREATE INDEX hook_payloads_token_idx ON werkfluss.hook_payloads USING btree (token);
+
+CREATE UNIQUE INDEX hooks_run_id_seq_idx ON werkfluss.hooks USING btree (run_id, seq);
+
+CREATE INDEX queue_available_at_idx ON werkfluss.queue USING btree (available_at);
+
+CREATE INDEX queue_worker_id_idx ON werkfluss.queue USING btree (worker_id) WHERE (worker_id IS NOT NULL);
+
+CREATE INDEX runs_created_at_idx ON werkfluss.runs USING btree (created_at);
+
+CREATE INDEX runs_parent_id_idx ON werkfluss.runs USING btree (parent_id) WHERE (parent_id IS NOT NULL);
+
+CREATE INDEX runs_undelivered_idx ON werkfluss.runs USING btree (parent_id) WHERE ((parent_id IS NOT NULL) AND (finished_at IS NOT NULL) AND (NOT delivered));
+
+GRANT USAGE ON SCHEMA werkfluss TO werkfluss_client;
+
+REVOKE ALL ON FUNCTION werkfluss._cancel_tree(roots text[]) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._reap_workers() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._run_inputs(run_id text, OUT wakeups integer, OUT inbox jsonb, OUT children jsonb) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._send(token text, payload jsonb) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._wake(run_id text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss.cancel_run(run_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION werkfluss.cancel_run(run_id text) TO werkfluss_client;
+
+REVOKE ALL ON FUNCTION werkfluss.run_status(run_id text, OUT status text, OUT result jsonb, OUT error jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION werkfluss.run_status(run_id text, OUT status text, OUT result jsonb, OUT error jsonb) TO werkfluss_client;
+
+REVOKE ALL ON FUNCTION werkfluss.send(token text, payload jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION werkfluss.send(token text, payload jsonb) TO werkfluss_client;
+
+REVOKE ALL ON FUNCTION werkfluss.start_run(name text, args jsonb, run_id text, kwargs jsonb, timeout interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION werkfluss.start_run(name text, args jsonb, run_id text, kwargs jsonb, timeout interval) TO werkfluss_client;
