@@ -37,8 +37,9 @@ SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttyp
   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
  WHERE n.nspname = 'werkfluss' AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p')
 UNION ALL
-SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' ' || coalesce(array_to_string(c.reloptions, ','), '')
-       || ' acl=' || coalesce(array_to_string(array(SELECT x::text FROM unnest(c.relacl) x ORDER BY 1), ','), '')
+SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' '
+       || coalesce(array_to_string(c.reloptions, ','), '') || ' acl='
+       || coalesce(array_to_string(array(SELECT x::text FROM unnest(c.relacl) x ORDER BY 1), ','), '')
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = 'werkfluss' AND c.relkind IN ('r', 'p', 'S', 'v')
 UNION ALL
@@ -50,12 +51,13 @@ SELECT 'constraint ' || c.relname || ' ' || k.conname || ' ' || pg_get_constrain
   FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = 'werkfluss'
 UNION ALL
-SELECT 'function ' || pg_get_functiondef(p.oid)
-       || ' acl=' || coalesce(array_to_string(array(SELECT x::text FROM unnest(p.proacl) x ORDER BY 1), ','), '')
+SELECT 'function ' || pg_get_functiondef(p.oid) || ' acl='
+       || coalesce(array_to_string(array(SELECT x::text FROM unnest(p.proacl) x ORDER BY 1), ','), '')
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'werkfluss'
 UNION ALL
-SELECT 'schema acl=' || coalesce(array_to_string(array(SELECT x::text FROM unnest(n.nspacl) x ORDER BY 1), ','), '')
+SELECT 'schema acl='
+       || coalesce(array_to_string(array(SELECT x::text FROM unnest(n.nspacl) x ORDER BY 1), ','), '')
   FROM pg_namespace n WHERE n.nspname = 'werkfluss'
 """
 
