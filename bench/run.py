@@ -24,6 +24,11 @@ Workloads (each repetition in a fresh process against a fresh database):
 * ``sleepers`` — 10,000 runs that sleep for an hour, claimed and suspended
   by one worker process: how long until all sleep, and the worker's memory
   and CPU once they do (what sleeping runs cost a worker).
+* ``children`` — one parent gathering 1,000, then 10,000 child runs (one
+  step each), in-process worker, concurrency 32: time per child at both
+  sizes (equal when a parent's cost is O(n) in its children).
+* ``payloads`` — one run iterating a hook while 1,000, then 10,000 payloads
+  are sent one after the other: time per payload at both sizes.
 
 Needs a PostgreSQL server on which databases can be created:
 ``$BENCH_DSN`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``).
@@ -55,7 +60,7 @@ ROOT = HERE.parent
 PEERS = ROOT.parent / "shared" / "peer-bench"
 SERVER_DSN = os.environ.get("BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-WORKLOADS = ("w2proc", "w2", "w1", "w1proc", "w3", "wake", "sleepers")
+WORKLOADS = ("w2proc", "w2", "w1", "w1proc", "w3", "wake", "sleepers", "children", "payloads")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -277,6 +282,47 @@ async def sleepers(dsn: str, runs: int) -> dict[str, Any]:
     }
 
 
+async def children(dsn: str, sizes: tuple[int, int]) -> dict[str, Any]:
+    from bench.workloads import parent
+    from werkfluss import Engine
+
+    out: dict[str, Any] = {}
+    async with Engine(dsn) as engine, engine.worker(concurrency=32):
+        for label, n in zip(("small", "large"), sizes, strict=True):
+            t0 = time.perf_counter()
+            handle = await engine.start(parent, n)
+            assert await handle.result(timeout=1800) == n
+            wall = time.perf_counter() - t0
+            out[f"{label}_n"] = n
+            out[f"{label}_s"] = round(wall, 3)
+            out[f"{label}_us_per_child"] = round(wall / n * 1e6, 1)
+    out["growth"] = round(out["large_us_per_child"] / out["small_us_per_child"], 2)
+    return out
+
+
+async def payloads(dsn: str, sizes: tuple[int, int]) -> dict[str, Any]:
+    from bench.workloads import collect
+    from werkfluss import Engine
+
+    out: dict[str, Any] = {}
+    async with Engine(dsn) as engine, engine.worker(concurrency=32):
+        for label, n in zip(("small", "large"), sizes, strict=True):
+            token = f"bench:{label}"
+            handle = await engine.start(collect, token, n)
+            while await handle.status() != "waiting":
+                await asyncio.sleep(0.01)
+            t0 = time.perf_counter()
+            for i in range(n):
+                await engine.send(token, i)
+            assert await handle.result(timeout=1800) == n
+            wall = time.perf_counter() - t0
+            out[f"{label}_n"] = n
+            out[f"{label}_s"] = round(wall, 3)
+            out[f"{label}_ms_per_payload"] = round(wall / n * 1000, 3)
+    out["growth"] = round(out["large_ms_per_payload"] / out["small_ms_per_payload"], 2)
+    return out
+
+
 async def measure(workload: str, dsn: str, quick: bool) -> dict[str, Any]:
     from werkfluss import Engine
 
@@ -290,6 +336,10 @@ async def measure(workload: str, dsn: str, quick: bool) -> dict[str, Any]:
         return await wake(dsn, 20 if quick else 200)
     if workload == "sleepers":
         return await sleepers(dsn, 1000 if quick else 10000)
+    if workload == "children":
+        return await children(dsn, (200, 2000) if quick else (1000, 10000))
+    if workload == "payloads":
+        return await payloads(dsn, (200, 2000) if quick else (1000, 10000))
     return await w3(dsn, 3 if quick else 20)
 
 
@@ -314,6 +364,12 @@ FIGURES = {
     "sleepers": [("all_asleep_s", "10,000 runs claimed and put to sleep", "s"),
                  ("worker_rss_mib", "worker memory with 10,000 runs asleep", "MiB"),
                  ("idle_cpu_pct", "worker CPU with 10,000 runs asleep", "%")],
+    "children": [("small_us_per_child", "parent of 1,000 children: time per child", "µs"),
+                 ("large_us_per_child", "parent of 10,000 children: time per child", "µs"),
+                 ("growth", "per-child cost, 10,000 vs 1,000 (1.0 = linear)", "x")],
+    "payloads": [("small_ms_per_payload", "loop over 1,000 hook payloads: time per payload", "ms"),
+                 ("large_ms_per_payload", "loop over 10,000 hook payloads: time per payload", "ms"),
+                 ("growth", "per-payload cost, 10,000 vs 1,000 (1.0 = linear)", "x")],
 }
 
 

@@ -37,3 +37,26 @@ async def fanout100() -> int:
 async def nap_then_step(seconds: float) -> dict:
     await sleep(seconds)
     return await noop(1)
+
+
+@workflow(name="bench.child")
+async def child(i: int) -> dict:
+    return await noop(i)
+
+
+@workflow(name="bench.parent")
+async def parent(n: int) -> int:
+    results = await asyncio.gather(*(child(i) for i in range(n)))
+    return len(results)
+
+
+@workflow(name="bench.collect")
+async def collect(token: str, n: int) -> int:
+    from werkfluss import hook
+
+    received = 0
+    async for _ in hook(token=token, multi=True):
+        received += 1
+        if received == n:
+            break
+    return received
