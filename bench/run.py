@@ -309,7 +309,8 @@ async def payloads(dsn: str, sizes: tuple[int, int]) -> dict[str, Any]:
         for label, n in zip(("small", "large"), sizes, strict=True):
             token = f"bench:{label}"
             handle = await engine.start(collect, token, n)
-            while await handle.status() != "waiting":
+            # The hook must exist before payloads are sent (only one may come early).
+            while await handle.status() != "waiting":  # noqa: ASYNC110 - polls the database
                 await asyncio.sleep(0.01)
             t0 = time.perf_counter()
             for i in range(n):
