@@ -14,6 +14,8 @@ are stored as small tagged objects and come back as the same type::
 Round-tripped: datetime, date, time, timedelta, UUID, Decimal, bytes,
 bytearray, tuple, set, frozenset, dict with non-string keys, Enum members,
 dataclass instances and pydantic models.
+Floats of 1e16 and more are written with a fraction (``10000000000000000.0``),
+since ``jsonb`` would give ``1e+16`` back as an integer.
 
 Refused by :func:`dumps` with a :class:`SerializationError` naming the path of
 the offending value (``at [0]['user']<key 'a\\x00'>``), because PostgreSQL
@@ -154,10 +156,13 @@ def dumps(value: Any, *, what: str = "value") -> str:
             raise _dump_error(what, err) from None
         except RecursionError:  # pragma: no cover - the first walk went as deep
             pass
-        raise SerializationError(  # pragma: no cover - the strict walk finds every string
-            f"cannot serialize {what}: a string contains a NUL character or a lone surrogate "
-            f"at (top level). {_TEXT_ADVICE}"
-        )
+        # No string holds a NUL: the NUL escapes are the marks of large floats.
+        text = _LARGE_FLOAT_MARK.sub(r"\1", text)
+        if _NUL_ESCAPE.search(text) or not _is_utf8(text):  # pragma: no cover - cannot happen
+            raise SerializationError(
+                f"cannot serialize {what}: a string contains a NUL character or a lone surrogate "
+                f"at (top level). {_TEXT_ADVICE}"
+            )
     return text
 
 
@@ -186,6 +191,15 @@ _ENCODER = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
 )
 
+# Floats of 1e16 and more (all of them integers) are written positionally, with a
+# fraction: "10000000000000000.0", not "1e+16", which jsonb would give back as the int
+# 10000000000000000 (and 3.602879701896397e+16 as 36028797018963970, another number).
+# json cannot be told how to write a float, so _encode puts a string marked with a NUL
+# in its place (no string of the value can hold one: that is refused) and dumps turns
+# the marked string back into the number.
+_LARGE_FLOAT = 1e16
+_LARGE_FLOAT_MARK = re.compile(r'"\\u0000(-?[0-9]+\.0)"')
+
 # A NUL escape not preceded by an escaped backslash (``\\u0000`` is the text "\u0000").
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -206,15 +220,15 @@ def _is_plain(value: Any, depth: int) -> bool:
     Exact types only, finite floats, bounded ints and depth, ``str`` keys and no
     dict carrying the tag key. Strings are checked on the written text instead.
     Returns False on any doubt: :func:`_encode` then decides (and names the path).
-    This is the hot path: ``x - x == 0.0`` is how a finite float is told apart
-    (inf - inf and nan - nan are nan).
+    This is the hot path. Floats must be within +-1e16 (so finite: comparisons
+    with nan are false), else :func:`_encode` writes them.
     """
     kind = type(value)
     if kind is dict:
         if depth >= MAX_DEPTH or TAG in value:
             return False
         depth += 1
-        bound = _INT_BOUND
+        bound, large = _INT_BOUND, _LARGE_FLOAT
         for key, item in value.items():
             if type(key) is not str:
                 return False
@@ -226,7 +240,7 @@ def _is_plain(value: Any, depth: int) -> bool:
                     continue
                 return False
             if t is float:
-                if item - item == 0.0:
+                if -large < item < large:
                     continue
                 return False
             if not _is_plain(item, depth):
@@ -236,7 +250,7 @@ def _is_plain(value: Any, depth: int) -> bool:
         if depth >= MAX_DEPTH:
             return False
         depth += 1
-        bound = _INT_BOUND
+        bound, large = _INT_BOUND, _LARGE_FLOAT
         for item in value:
             t = type(item)
             if t is str or t is bool or item is None:
@@ -246,7 +260,7 @@ def _is_plain(value: Any, depth: int) -> bool:
                     continue
                 return False
             if t is float:
-                if item - item == 0.0:
+                if -large < item < large:
                     continue
                 return False
             if not _is_plain(item, depth):
@@ -257,7 +271,7 @@ def _is_plain(value: Any, depth: int) -> bool:
     if kind is int:
         return -_INT_BOUND < value < _INT_BOUND
     if kind is float:
-        return bool(value - value == 0.0)
+        return -_LARGE_FLOAT < value < _LARGE_FLOAT
     return False
 
 
@@ -289,9 +303,12 @@ def _encode(value: Any, depth: int, strict: bool) -> Any:
     if kind is bool or value is None:
         return value
     if kind is float:
+        if -_LARGE_FLOAT < value < _LARGE_FLOAT:
+            return value
         if not math.isfinite(value):
             raise _PathError(f"the float {value!r} is not valid JSON")
-        return value
+        # An integer (every float this large is one): dumps writes it "<digits>.0".
+        return value if strict else f"\x00{int(value)}.0"
     if kind is list:
         _enter(depth, 1)
         return _encode_items(value, depth + 1, strict)

@@ -541,6 +541,39 @@ def test_int_subclasses_are_bounded_too() -> None:
         dumps([Big(10**5000)])
 
 
+# --- large floats ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1e16, "10000000000000000.0"),
+        (-3.602879701896397e16, "-36028797018963968.0"),
+        ([9999999999999998.0, 1e15], "[9999999999999998.0,1000000000000000.0]"),
+        ({"big": 2e20, "small": 1e-7}, '{"big":200000000000000000000.0,"small":1e-07}'),
+        ((1e16,), '{"__werkfluss__":"tuple","v":[10000000000000000.0]}'),
+        ({1e16: "key"}, '{"__werkfluss__":"dict","v":[[10000000000000000.0,"key"]]}'),
+    ],
+)
+def test_floats_of_1e16_and_more_are_written_with_a_fraction(value: Any, text: str) -> None:
+    # jsonb would give "1e+16" back as the int 10000000000000000.
+    assert dumps(value) == text
+    back = loads(text)
+    assert back == value
+    assert repr(back) == repr(value)
+
+
+def test_a_string_like_the_mark_of_a_large_float_stays_a_string() -> None:
+    value = {"a": "\\u000010.0", "b": 1e16, "c": ["\\u00001.0"]}
+    assert roundtrip(value) == value
+    with pytest.raises(SerializationError, match=r"NUL.*\['a'\]"):
+        dumps({"a": "\x001.0", "b": 1e16})
+
+
+def test_encode_keeps_large_floats_as_floats() -> None:
+    assert encode([1e16]) == [1e16]
+
+
 # --- loads raises SerializationError and nothing else -------------------------------------
 
 
