@@ -119,12 +119,16 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _clip(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _describe(err: BaseException) -> str:
     try:
         message = str(err)
     except Exception:
         message = ""
-    message = message if len(message) <= 200 else message[:199] + "…"
+    message = _clip(message, 200)
     return f"{type(err).__qualname__}: {message}" if message else type(err).__qualname__
 
 
@@ -531,13 +535,14 @@ def _lookup(path: str, *, import_allowed: bool = True) -> type:
     module_name, sep, qualname = path.partition(":")
     if not sep or not module_name or not qualname:
         raise _PathError(f"{_short(path)} is not a stored class (module:qualname)", _LOAD_ADVICE)
+    shown = _clip(path)  # stored data goes into messages: keep them short
     module = sys.modules.get(module_name)
     if module is None:
         if not (import_allowed and _import_allowed(module_name)):
             raise _PathError(
-                f"cannot load a stored {path}: the class is not importable here — its module "
-                f"{module_name} is not imported in this process, and werkfluss never imports a "
-                "module because stored data names it",
+                f"cannot load a stored {shown}: the class is not importable here — its module "
+                "is not imported in this process, and werkfluss never imports a module "
+                "because stored data names it",
                 "import the module in your application (the module that defines the workflows, "
                 "say), or allow it with werkfluss.serializer.register_module",
             )
@@ -545,7 +550,7 @@ def _lookup(path: str, *, import_allowed: bool = True) -> type:
             module = importlib.import_module(module_name)
         except Exception as err:
             raise _PathError(
-                f"cannot load a stored {path}: the class is not importable here ({_describe(err)})",
+                f"cannot load a stored {shown}: the class is not importable here ({_describe(err)})",
                 "deploy the code that defines it to every worker",
             ) from None
     obj: Any = module
@@ -554,16 +559,16 @@ def _lookup(path: str, *, import_allowed: bool = True) -> type:
         found = namespace.get(part, _MISSING) if namespace is not None else _MISSING
         if found is _MISSING:
             raise _PathError(
-                f"cannot load a stored {path}: the class is not importable here "
-                f"({module_name} has no {qualname})",
+                f"cannot load a stored {shown}: the class is not importable here "
+                f"(its module has no {_clip(qualname)})",
                 "deploy the code that defines it to every worker",
             )
         obj = found
     if not isinstance(obj, type):
-        raise _PathError(f"cannot load a stored {path}: it is not a class", _LOAD_ADVICE)
+        raise _PathError(f"cannot load a stored {shown}: it is not a class", _LOAD_ADVICE)
     if obj.__module__ != module_name or obj.__qualname__ != qualname:
         raise _PathError(
-            f"cannot load a stored {path}: it names {obj.__module__}:{obj.__qualname__} "
+            f"cannot load a stored {shown}: it names {obj.__module__}:{obj.__qualname__} "
             "under another name",
             _LOAD_ADVICE,
         )
