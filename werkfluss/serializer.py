@@ -840,6 +840,7 @@ def _decode_time(value: dict[str, Any], depth: int) -> Any:
 
 
 def _decode_timedelta(value: dict[str, Any], depth: int) -> Any:
+    _enter(depth, 1)  # its list is a level, as when it was written
     payload = value["v"]
     if type(payload) is not list or len(payload) != 3 or any(type(p) is not int for p in payload):
         raise _PathError(f"the stored timedelta {_short(payload)} is not [days, seconds, microseconds]")
