@@ -37,6 +37,12 @@ async def two_steps(tag: str) -> list[Any]:
     return [await work(f"{tag}-1"), await work(f"{tag}-2")]
 
 
+@workflow(name="tests.isolation.poisoned_result")
+async def poisoned_result(tag: str) -> str:
+    await work(f"{tag}-1")
+    return "POISON"
+
+
 @workflow(name="tests.isolation.takes")
 async def takes(value: Any) -> str:
     await work(f"takes-{type(value).__name__}")
@@ -94,20 +100,20 @@ async def test_a_refused_record_fails_only_its_own_write_in_a_batch(engine: Engi
 async def test_a_poisoned_step_result_fails_its_run_and_spares_the_others(
     engine: Engine, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A value that passes the serializer but that PostgreSQL refuses (a NUL in a
-    # key; the step's own record (json) keeps it, the run's result (jsonb)
-    # cannot): simulated by the serializer of the worker's executor.
+    # A result that passes the serializer but that PostgreSQL refuses (a NUL in
+    # a key, which jsonb cannot hold): the serializer refuses such values, so
+    # a faulty one stands in for the case it would miss.
     real = executor.serializer.dumps
 
     def dumps(value: Any, *, what: str = "value") -> str:
-        if value == {"tag": "poison-1"}:
+        if value == "POISON":
             return '{"tag\\u0000": "poison"}'
         return real(value, what=what)
 
     monkeypatch.setattr(executor.serializer, "dumps", dumps)
     healthy = [await engine.start(two_steps, f"ok{i}") for i in range(6)]
-    poisoned = await engine.start(two_steps, "poison")
-    async with engine.worker(workflows=[two_steps], concurrency=16):
+    poisoned = await engine.start(poisoned_result, "poison")
+    async with engine.worker(workflows=[two_steps, poisoned_result], concurrency=16):
         results = await asyncio.gather(*(h.result(timeout=20) for h in healthy))
         with pytest.raises(RunFailed) as failed:
             await poisoned.result(timeout=20)
