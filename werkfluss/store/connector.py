@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.parse
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -195,6 +196,7 @@ class Connector:
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] | None = None
         self._healing: asyncio.Task[None] | None = None
         self.heals = 0  # times the pool was checked after a lost connection
+        self.queries: Counter[str] = Counter()  # named queries run, by name (tests, telemetry)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -295,6 +297,7 @@ class Connector:
         A read-only query that meets a lost connection is run once more on a
         checked one (the pool is healed first).
         """
+        self.queries[query] += 1
         for attempt in (0, 1):
             try:
                 async with self._connection() as conn:
