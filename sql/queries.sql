@@ -460,3 +460,18 @@ SELECT id, host, pid, version, workflows, concurrency, lease_seconds, started_at
  WHERE state IN ('running', 'stopping') OR stopped_at > now() - %(recent_seconds)s * interval '1 second'
  ORDER BY heartbeat_at DESC
  LIMIT %(limit)s;
+
+-- name: retry_run
+-- Retry a failed or cancelled run (true), or report that it is neither (false).
+SELECT werkfluss.retry_run(%(run_id)s) AS retried;
+
+-- name: prune_runs
+-- Delete one batch of finished runs older than the retention period; -1 if
+-- another pruner holds the turn (wait => false).
+SELECT werkfluss.prune_runs(%(older_than_seconds)s * interval '1 second', %(batch_size)s, %(wait)s) AS deleted;
+
+-- name: count_prunable
+-- How many finished runs are older than the retention period (prune --dry-run).
+SELECT count(*) AS runs
+  FROM werkfluss.runs r
+ WHERE r.finished_at IS NOT NULL AND r.finished_at < now() - %(older_than_seconds)s * interval '1 second';

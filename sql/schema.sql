@@ -134,7 +134,7 @@ BEGIN
         END IF;
         INSERT INTO werkfluss.hook_payloads (token, payload)
         VALUES (_send.token, coalesce(_send.payload, 'null'::jsonb));
-        RETURN 'delivered';
+        RETURN 'stored';
     END IF;
     PERFORM 1 FROM werkfluss.queue q WHERE q.run_id = h.run_id FOR UPDATE;
     SELECT r.status INTO status FROM werkfluss.runs r WHERE r.id = h.run_id FOR UPDATE;
@@ -204,6 +204,111 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION werkfluss.prune_runs(older_than interval, batch_size integer DEFAULT 500, wait boolean DEFAULT true) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    victims text[];
+    deleted integer;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'werkfluss.prune_runs: older_than must be a positive interval, got %',
+                coalesce(older_than::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'e.g. interval ''14 days''';
+    END IF;
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 10000 THEN
+        RAISE EXCEPTION 'werkfluss.prune_runs: batch_size must be from 1 to 10000, got %',
+                coalesce(batch_size::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF wait THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('werkfluss.prune', 0));
+    ELSIF NOT pg_try_advisory_xact_lock(hashtextextended('werkfluss.prune', 0)) THEN
+        RETURN -1;
+    END IF;
+    SELECT coalesce(array_agg(v.id), '{}') INTO victims FROM (
+        SELECT r.id FROM werkfluss.runs r
+         WHERE r.finished_at IS NOT NULL AND r.finished_at < now() - older_than
+           AND r.status IN ('completed', 'failed', 'cancelled')
+           AND (r.parent_id IS NULL OR r.delivered OR NOT EXISTS (
+                    SELECT 1 FROM werkfluss.runs p WHERE p.id = r.parent_id AND p.finished_at IS NULL))
+         ORDER BY r.finished_at
+         LIMIT batch_size
+           FOR UPDATE SKIP LOCKED
+    ) v;
+    DELETE FROM werkfluss.hook_payloads p USING werkfluss.hooks h
+     WHERE h.run_id = ANY(victims) AND p.token = h.token;
+    DELETE FROM werkfluss.hooks h WHERE h.run_id = ANY(victims);
+    DELETE FROM werkfluss.events e WHERE e.run_id = ANY(victims);
+    DELETE FROM werkfluss.queue q WHERE q.run_id = ANY(victims);
+    DELETE FROM werkfluss.runs r WHERE r.id = ANY(victims);
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    DELETE FROM werkfluss.hook_payloads p
+     WHERE p.id IN (SELECT x.id FROM werkfluss.hook_payloads x
+                     WHERE x.received_at < now() - older_than AND x.consumed_seq IS NULL
+                       AND NOT EXISTS (SELECT 1 FROM werkfluss.hooks h WHERE h.token = x.token)
+                     LIMIT batch_size);
+    DELETE FROM werkfluss.workers w
+     WHERE w.state IN ('stopped', 'dead') AND coalesce(w.stopped_at, w.heartbeat_at) < now() - older_than;
+    RETURN deleted;
+END
+$$;
+
+CREATE FUNCTION werkfluss.retry_run(run_id text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+    r      werkfluss.runs%ROWTYPE;
+    cutoff timestamptz;
+    child  text;
+BEGIN
+    IF retry_run.run_id IS NULL OR btrim(retry_run.run_id, E' \t\n\r\v\f') = '' THEN
+        RAISE EXCEPTION 'werkfluss.retry_run: the run id is %',
+                CASE WHEN retry_run.run_id IS NULL THEN 'NULL' ELSE 'empty' END
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO r FROM werkfluss.runs x WHERE x.id = retry_run.run_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'werkfluss.retry_run: no run with id %', retry_run.run_id
+            USING ERRCODE = 'P0002';
+    END IF;
+    IF r.status NOT IN ('failed', 'cancelled') THEN
+        RETURN false;
+    END IF;
+    SELECT min(e.finished_at) INTO cutoff FROM werkfluss.events e
+     WHERE e.run_id = r.id AND e.status = 'failed' AND e.kind IN ('step', 'child');
+    IF cutoff IS NOT NULL THEN
+        UPDATE werkfluss.runs c SET delivered = false
+          FROM werkfluss.events e
+         WHERE e.run_id = r.id AND e.kind = 'child' AND e.finished_at >= cutoff
+           AND c.id = (e.output ->> 'run_id');
+        UPDATE werkfluss.hook_payloads p SET consumed_run = NULL, consumed_seq = NULL
+          FROM werkfluss.events e
+         WHERE e.run_id = r.id AND e.kind = 'receive' AND e.finished_at >= cutoff
+           AND p.consumed_run = r.id AND p.consumed_seq = e.seq;
+        DELETE FROM werkfluss.events e WHERE e.run_id = r.id AND e.finished_at >= cutoff;
+    END IF;
+    FOR child IN
+        SELECT c.id FROM werkfluss.runs c
+         WHERE c.parent_id = r.id AND c.status IN ('failed', 'cancelled') AND NOT c.delivered
+         ORDER BY c.id
+    LOOP
+        PERFORM werkfluss.retry_run(child);
+    END LOOP;
+    UPDATE werkfluss.runs x
+       SET status = 'pending', result = NULL, error = NULL, finished_at = NULL, deadline = NULL,
+           wake_at = NULL, waiting_on = NULL, updated_at = now()
+     WHERE x.id = r.id;
+    INSERT INTO werkfluss.queue (run_id, workflow) VALUES (r.id, r.workflow)
+        ON CONFLICT (run_id) DO NOTHING;
+    PERFORM pg_notify('werkfluss_queue', r.workflow);
+    RETURN true;
+END
+$$;
+
 CREATE FUNCTION werkfluss.run_status(run_id text, OUT status text, OUT result jsonb, OUT error jsonb) RETURNS record
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -241,7 +346,7 @@ BEGIN
             USING ERRCODE = '22023',
                   HINT = 'no hook can have this token: hook tokens are at most 500 characters';
     END IF;
-    RETURN werkfluss._send(send.token, send.payload) = 'delivered';
+    RETURN werkfluss._send(send.token, send.payload) IN ('delivered', 'stored');
 END
 $$;
 
@@ -458,6 +563,8 @@ CREATE INDEX queue_worker_id_idx ON werkfluss.queue USING btree (worker_id) WHER
 
 CREATE INDEX runs_created_at_idx ON werkfluss.runs USING btree (created_at);
 
+CREATE INDEX runs_finished_at_idx ON werkfluss.runs USING btree (finished_at) WHERE (finished_at IS NOT NULL);
+
 CREATE INDEX runs_parent_id_idx ON werkfluss.runs USING btree (parent_id) WHERE (parent_id IS NOT NULL);
 
 CREATE INDEX runs_undelivered_idx ON werkfluss.runs USING btree (parent_id) WHERE ((parent_id IS NOT NULL) AND (finished_at IS NOT NULL) AND (NOT delivered));
@@ -476,6 +583,10 @@ REVOKE ALL ON FUNCTION werkfluss._wake(run_id text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss.cancel_run(run_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION werkfluss.cancel_run(run_id text) TO werkfluss_client;
+
+REVOKE ALL ON FUNCTION werkfluss.prune_runs(older_than interval, batch_size integer, wait boolean) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss.retry_run(run_id text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss.run_status(run_id text, OUT status text, OUT result jsonb, OUT error jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION werkfluss.run_status(run_id text, OUT status text, OUT result jsonb, OUT error jsonb) TO werkfluss_client;

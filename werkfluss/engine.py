@@ -15,18 +15,20 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from werkfluss import limits, serializer, telemetry
-from werkfluss.durations import Duration, optional_duration
+from werkfluss.durations import Duration, optional_duration, parse_duration
 from werkfluss.errors import HookRefused, InvalidArgument
 from werkfluss.runs import STATUSES, RunHandle, RunInfo
 from werkfluss.runtime import workflows
 from werkfluss.runtime.workflows import Workflow
 from werkfluss.store import migrations
+from werkfluss.store import workers as registry
 from werkfluss.store.connector import Connector
 from werkfluss.store.embedded import start_embedded
 from werkfluss.store.listener import Listener
+from werkfluss.store.workers import WorkerInfo
 from werkfluss.worker.worker import Worker
 
 ENV_DSN = "WERKFLUSS_DATABASE_URL"
@@ -207,11 +209,14 @@ class Engine:
             telemetry.logger().info("run.cancel_requested", run_id=run_id)
         return cancelled
 
-    async def send(self, token: str, payload: Any = None) -> None:
+    async def send(self, token: str, payload: Any = None) -> Literal["delivered", "stored"]:
         """Deliver ``payload`` to the hook with ``token``.
 
-        Raises :class:`HookRefused` (and stores nothing) if the token was never
-        issued, the hook was single-use and already used, or its run has ended.
+        Returns ``"delivered"``, or ``"stored"`` when the token (one a workflow
+        chooses) has no hook yet: the payload is kept for the hook that will
+        claim it. Raises :class:`HookRefused` (and stores nothing) if the token
+        was never issued, the hook was single-use and already used, or its run
+        has ended.
 
             await engine.send("order-42:approval", {"approved": True})
         """
@@ -220,9 +225,56 @@ class Engine:
         await self.open()
         row = await self.connector.fetch_one("send", token=token, payload=payload_json)
         outcome = row["outcome"] if row else "unknown_token"
-        if outcome != "delivered":
+        if outcome not in ("delivered", "stored"):
             raise HookRefused(token, outcome)
-        telemetry.logger().info("hook.sent", token=token)
+        telemetry.logger().info("hook.sent", token=token, outcome=outcome)
+        return "stored" if outcome == "stored" else "delivered"
+
+    async def retry(self, run_id: str) -> bool:
+        """Resume a failed or cancelled run from where it failed.
+
+        The failed steps (and failed child runs) run again; the steps that
+        completed keep their recorded results. Returns ``False`` if the run is
+        neither failed nor cancelled (raises :class:`RunNotFound` for an
+        unknown id). See ``werkfluss.retry_run`` in the SQL reference.
+
+            await engine.retry("onboard:user-123")
+        """
+        run_id = limits.check_existing_run_id(run_id)
+        await self.open()
+        row = await self.connector.fetch_one("retry_run", run_id=run_id)
+        retried = bool(row and row["retried"])
+        if retried:
+            telemetry.logger().info("run.retry_requested", run_id=run_id)
+        return retried
+
+    async def prune(self, older_than: Duration = "14d", *, batch_size: int = 500) -> int:
+        """Delete finished runs older than ``older_than`` (with their log, hooks
+        and payloads), in batches of ``batch_size``; returns how many.
+
+            deleted = await engine.prune("30d")
+        """
+        seconds = parse_duration(older_than, what="older_than")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= 10000:
+            raise InvalidArgument(f"batch_size must be a whole number from 1 to 10000, got {batch_size!r}")
+        await self.open()
+        total = 0
+        while True:
+            row = await self.connector.fetch_one(
+                "prune_runs", older_than_seconds=seconds, batch_size=batch_size, wait=True)
+            deleted = int(row["deleted"]) if row else 0
+            total += max(deleted, 0)
+            if deleted < batch_size:
+                break
+        if total:
+            telemetry.logger().info("runs.pruned", runs=total, older_than_s=seconds)
+        return total
+
+    async def workers(self, *, recent: Duration = "1h") -> list[WorkerInfo]:
+        """Live workers and those that stopped or died within ``recent``, newest heartbeat first."""
+        await self.open()
+        return await registry.list_workers(self.connector,
+                                           recent_seconds=parse_duration(recent, what="recent"))
 
     # --- workers -----------------------------------------------------------------------
 

@@ -150,8 +150,8 @@ async def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def cmd_send(engine: Engine, args: argparse.Namespace) -> int:
-    await engine.send(args.token, args.payload_value)
-    print("delivered")
+    outcome = await engine.send(args.token, args.payload_value)
+    print("delivered" if outcome == "delivered" else "stored; no hook with this token yet")
     return 0
 
 
