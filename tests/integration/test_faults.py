@@ -39,7 +39,7 @@ async def gated_then_mark(tag: str) -> list[str]:
 
 def _kill_worker_connections(dsn: str) -> int:
     rows = sql(dsn, """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                        WHERE datname = current_database() AND application_name = 'werkfluss'
+                        WHERE datname = current_database() AND application_name LIKE 'werkfluss%'
                           AND pid <> pg_backend_pid()""")
     return len(rows)
 

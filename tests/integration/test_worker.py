@@ -348,7 +348,7 @@ async def test_runs_survive_their_connections_being_killed(dsn: str) -> None:
                 message="steps in flight",
             )
             sql(dsn, """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                         WHERE datname = current_database() AND application_name = 'werkfluss'""")
+                         WHERE datname = current_database() AND application_name LIKE 'werkfluss%'""")
             for i in range(4):
                 gate(f"cut-{i}").set()
             results = await asyncio.gather(*(h.result(timeout=20) for h in handles))

@@ -225,6 +225,12 @@ class Connector:
             raise self._unavailable(err) from None
         self._pool = pool
 
+    def sibling(self, *, max_size: int, application_name: str) -> Connector:
+        """A separate, small pool to the same database: a short path that
+        slow work on this pool cannot block (worker heartbeats use one)."""
+        return Connector(self.dsn, min_size=1, max_size=max_size, application_name=application_name,
+                         connect_timeout=self._connect_timeout)
+
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:

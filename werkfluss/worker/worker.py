@@ -135,6 +135,7 @@ class Worker:
         self._drivers: dict[str, RunDriver] = {}
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._connector: Connector | None = None
+        self._beat: Connector | None = None  # the heartbeat's own connection
         self._recorder: Recorder | None = None
         self._wake = asyncio.Event()
         self._stop_heartbeat = asyncio.Event()
@@ -175,6 +176,10 @@ class Worker:
         return self._connector
 
     @property
+    def _heartbeat_connector(self) -> Connector:
+        return self._beat if self._beat is not None else self.connector
+
+    @property
     def held(self) -> int:
         """Runs this worker holds right now."""
         return len(self._drivers)
@@ -198,6 +203,8 @@ class Worker:
             listener.subscribe(RUNS_CHANNEL, self._on_runs),
             listener.subscribe(WAKE_CHANNEL, self._on_wake),
         ]
+        self._beat = connector.sibling(max_size=1, application_name="werkfluss-heartbeat")
+        await self._beat.open()
         self._recorder = Recorder(connector, alive=self.liveness.valid)
         self._recorder.start()
         self._started = True
@@ -268,6 +275,9 @@ class Worker:
             log.warning("worker.deregister_failed", worker_id=self.worker_id, error=str(err))
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+        if self._beat is not None:
+            await self._beat.close()
+            self._beat = None
         for cached in self._cache.values():
             cached.instance.evict()
         self._cache.clear()
@@ -478,7 +488,7 @@ class Worker:
         while not self._stop_heartbeat.is_set():
             try:
                 beat = await asyncio.wait_for(registry.heartbeat(
-                    self.connector, id=self.worker_id, runs_held=len(self._drivers),
+                    self._heartbeat_connector, id=self.worker_id, runs_held=len(self._drivers),
                     state="stopping" if self._stopping else "running", clock=self.clock,
                 ), timeout=max(0.5, interval))
             except (DatabaseError, TimeoutError) as err:
@@ -510,7 +520,8 @@ class Worker:
             if not self._claiming and beat.holding > len(self._drivers):
                 await self._reconcile()
             try:
-                await asyncio.wait_for(registry.reap(self.connector), timeout=max(0.5, interval))
+                await asyncio.wait_for(registry.reap(self._heartbeat_connector),
+                                       timeout=max(0.5, interval))
             except (DatabaseError, TimeoutError):
                 pass
             await self._pause(interval)
