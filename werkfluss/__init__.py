@@ -26,6 +26,7 @@ from werkfluss.errors import (
     HookConflict,
     HookRefused,
     InvalidArgument,
+    InvalidTransition,
     NonDeterminismError,
     NotAWorkflowError,
     NotInRunError,
@@ -40,6 +41,7 @@ from werkfluss.errors import (
     UnknownWorkflowError,
     ValueRefused,
     WerkflussError,
+    WorkflowBlocked,
     WorkflowSandboxError,
 )
 from werkfluss.runs import RunHandle, RunInfo, StepRecord
@@ -52,7 +54,7 @@ from werkfluss.runtime.workflows import workflow
 from werkfluss.telemetry import configure_logging
 from werkfluss.worker.worker import Worker
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ConfigurationError",
@@ -64,6 +66,7 @@ __all__ = [
     "HookConflict",
     "HookRefused",
     "InvalidArgument",
+    "InvalidTransition",
     "NonDeterminismError",
     "NotAWorkflowError",
     "NotInRunError",
@@ -83,6 +86,7 @@ __all__ = [
     "ValueRefused",
     "WerkflussError",
     "Worker",
+    "WorkflowBlocked",
     "WorkflowSandboxError",
     "configure_logging",
     "hook",

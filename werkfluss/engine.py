@@ -287,6 +287,7 @@ class Engine:
         poll_interval: Duration = "5s",
         shutdown_grace: Duration = "10s",
         cache_size: int = 256,
+        worker_id: str | None = None,
     ) -> Worker:
         """A worker in this process; use it as ``async with engine.worker(concurrency=32):``.
 
@@ -300,6 +301,7 @@ class Engine:
             poll_interval=poll_interval,
             shutdown_grace=shutdown_grace,
             cache_size=cache_size,
+            worker_id=worker_id,
         )
 
     async def _worker_connection(self) -> tuple[Connector, Listener]:

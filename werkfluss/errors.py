@@ -198,9 +198,11 @@ class NonDeterminismError(WerkflussError):
     def __str__(self) -> str:
         return (
             f"run {self.run_id}: at seq {self.seq} the log has {self.expected} but the "
-            f"workflow called {self.actual}; the code changed under a running run. "
-            "Keep old workflow code until its runs finish, or deploy the change "
-            "under a new workflow name"
+            f"workflow called {self.actual}. Either the code changed under a running run "
+            "(keep old workflow code until its runs finish, or deploy the change under a new "
+            "workflow name; `werkfluss retry` resumes the run once the code matches again), or "
+            "the workflow is not deterministic (it used the wall clock, random numbers or I/O "
+            "outside a step: use werkfluss.now(), werkfluss.uuid4() and steps)"
         )
 
 
@@ -268,3 +270,12 @@ class RecordRefused(WerkflussError):
     The run fails with this error; other runs written in the same batch are
     not affected.
     """
+
+
+class WorkflowBlocked(WerkflussError):
+    """The workflow awaits something no durable event can resolve (a plain
+    future, event or lock that nothing will set); the run fails with this."""
+
+
+class InvalidTransition(WerkflussError):
+    """A run was asked to move between states that have no transition: a bug in werkfluss."""

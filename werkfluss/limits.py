@@ -67,6 +67,15 @@ def _too_long(what: str, value: str, limit: int) -> InvalidArgument:
     return InvalidArgument(f"{what} is {len(value)} characters long; the limit is {limit}")
 
 
+def check_name(name: Any, what: str, example: str) -> str:
+    """Return ``name`` if it can name a step (or another definition): non-blank,
+    storable text of at most :data:`MAX_WORKFLOW_NAME_LENGTH` characters."""
+    _text(name, what, example)
+    if len(name) > MAX_WORKFLOW_NAME_LENGTH:
+        raise _too_long(what, name, MAX_WORKFLOW_NAME_LENGTH)
+    return str(name)
+
+
 def check_workflow_name(name: Any) -> str:
     """Return ``name`` if it can name a workflow; else raise :class:`InvalidArgument`."""
     _text(name, "the workflow name", "'app.onboard'")

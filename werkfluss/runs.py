@@ -206,10 +206,13 @@ class RunHandle:
                 changed.clear()
                 try:
                     info = await self.info()
-                except DatabaseUnavailable:
+                except DatabaseUnavailable as lost:
                     # Keep waiting through a lost connection (the deadline still holds).
                     if deadline is not None and time.monotonic() >= deadline:
-                        raise
+                        raise TimeoutError(
+                            f"run {self.run_id} did not finish within {timeout:g}s "
+                            f"(the database could not be reached: {lost})"
+                        ) from lost
                     await asyncio.sleep(0.2)
                     continue
                 if info.status == "completed":

@@ -88,7 +88,10 @@ class SimulatedRun:
     def crash(self) -> None:
         """Drop the execution (uncommitted work is lost) and resume from the log."""
         if self.instance is not None:
-            self.instance.lost("crash")
+            if self.instance.state is RunState.SUSPENDED:
+                self.instance.evict()
+            else:
+                self.instance.lost("crash")
         self.resume()
 
     def complete_step(self, seq: int, value: Any = None, *, error: BaseException | None = None,

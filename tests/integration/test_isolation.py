@@ -97,6 +97,31 @@ async def test_a_refused_record_fails_only_its_own_write_in_a_batch(engine: Engi
     assert sorted(landed) == sorted([(handles[0].run_id, 1), (handles[2].run_id, 1)])
 
 
+async def test_a_value_the_driver_refuses_fails_only_its_own_write(engine: Engine, dsn: str) -> None:
+    # psycopg refuses a NUL in text before PostgreSQL sees it (no SQLSTATE):
+    # the batch is still split, and only that write fails.
+    handles = [await engine.start(two_steps, f"d{i}") for i in range(3)]
+    leases = await _claimed(engine, [h.run_id for h in handles], dsn)
+    now = dt.datetime.now(dt.UTC)
+    recorder = Recorder(engine.connector)
+    recorder.start()
+    try:
+        writes = [
+            AppendEvent(lease, LogRecord(seq=1, kind="step", name=name, status="completed",
+                                         output='"ok"', started_at=now, finished_at=now))
+            for lease, name in zip(leases, ["fine", "nul\x00name", "fine"], strict=True)
+        ]
+        for write in writes:
+            recorder.submit(write)
+        outcomes = await asyncio.gather(*(w.future for w in writes), return_exceptions=True)
+    finally:
+        await recorder.stop()
+    assert outcomes[0] is None
+    assert outcomes[2] is None
+    assert isinstance(outcomes[1], RecordRefused)
+    assert sql_value(dsn, "SELECT count(*) FROM werkfluss.events") == 2
+
+
 async def test_a_poisoned_step_result_fails_its_run_and_spares_the_others(
     engine: Engine, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

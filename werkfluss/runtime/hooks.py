@@ -130,11 +130,13 @@ class HookCall(DurableCall):
         token = output.get("token", record.name) if isinstance(output, dict) else record.name
         multi = bool(output.get("multi")) if isinstance(output, dict) else False
         hook = Hook(run, seq, str(token), multi or self.multi)
+        run.register_hook(hook.token, hook)
         if record.status == "failed":
-            hook.created(error_from_json(record.error) or error_record(HookConflict(token, None)))
+            error = error_from_json(record.error) or error_record(HookConflict(str(token), None))
+            hook.created(error)
+            run.fail(rebuild_exception(error))
         else:
             hook.created(None)
-        run.register_hook(hook.token, hook)
         return hook
 
 

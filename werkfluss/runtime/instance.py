@@ -44,11 +44,11 @@ from typing import TYPE_CHECKING, Any
 
 from werkfluss import serializer, telemetry
 from werkfluss.clock import Clock
-from werkfluss.errors import NonDeterminismError, RecordRefused, SerializationError, WerkflussError
+from werkfluss.errors import NonDeterminismError, RecordRefused, SerializationError, WorkflowBlocked
 from werkfluss.records import DELIVERY_KINDS, ChildOutcome, LogRecord, Payload
 from werkfluss.runtime import commands as cmd
 from werkfluss.runtime.durable import DurableCall, load_value
-from werkfluss.runtime.failures import error_json, type_name
+from werkfluss.runtime.failures import error_json, rebuild_exception, type_name
 from werkfluss.runtime.loop import DurableTimerHandle, WorkflowLoop
 from werkfluss.runtime.state import Lifecycle, RunState
 
@@ -57,10 +57,6 @@ if TYPE_CHECKING:
     from werkfluss.runtime.workflows import Workflow
 
 _TICK = dt.timedelta(microseconds=1)
-
-
-class WorkflowBlocked(WerkflussError):
-    """The workflow awaits something no durable event can resolve (a plain future or lock)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -203,9 +199,13 @@ class WorkflowInstance:
 
     def start_failed(self, error: BaseException) -> list[cmd.Command]:
         """The run cannot go on: what it received cannot be read. It fails with ``error``."""
-        if self.state is RunState.RUNNING:
-            self._finish_failed(error)
+        self.fail(error)
         return self._flush()
+
+    def fail(self, error: BaseException) -> None:
+        """End the run as failed with ``error`` (when it cannot go on at all)."""
+        if self.state in (RunState.RUNNING, RunState.SUSPENDING) and self._outcome is None:
+            self._finish_failed(error)
 
     def step_done(self, seq: int, outcome: cmd.StepOutcome) -> list[cmd.Command]:
         """A step body finished (with its retries)."""
@@ -246,6 +246,11 @@ class WorkflowInstance:
         hook = self._hooks.get(token)
         if hook is not None:
             hook.created(error)
+        if error is not None:
+            # A token another hook owns: an error in the workflow's design, never
+            # a silent no-op. The run fails here, before anything else it does.
+            self.fail(rebuild_exception(error))
+            return self._flush()
         self.add_inputs(early, advance=False)
         self._mark_ready(f"hook:{token}")
         if self.state is RunState.RUNNING:
@@ -256,8 +261,8 @@ class WorkflowInstance:
         """The database answered a child run's start (``error`` if the id is taken)."""
         self._creating.discard(f"run:{child_id}")
         if error is not None:
-            self._children[child_id] = ChildOutcome(child_id, "failed", None, _json(error), None)
-            self._mark_ready(f"run:{child_id}")
+            self.fail(rebuild_exception(error))
+            return self._flush()
         if self.state is RunState.RUNNING:
             self._advance()
         return self._flush()
@@ -535,8 +540,6 @@ class WorkflowInstance:
     def _nondeterministic(self, seq: int, expected: str, actual: str) -> None:
         if self.nondeterminism is None:
             self.nondeterminism = NonDeterminismError(self.run_id, seq, expected, actual)
-            telemetry.logger().error("run.nondeterminism", run_id=self.run_id, seq=seq,
-                                     expected=expected, actual=actual)
             if self._writing() and self.state is RunState.RUNNING:
                 self._finish_failed(self.nondeterminism)
 

@@ -12,7 +12,7 @@ learns of each transition through the one callback it registers.
        │  └──────────┘ (an input arrived while suspending)
        ├──► FINISHING ──► FINISHED
        ├──► RELEASING ──► RELEASED
-       └──► CANCELLED | LOST       (from any non-final state)
+       └──► CANCELLED | LOST       (from any state in which the worker holds the run)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 
-from werkfluss.errors import WerkflussError
+from werkfluss.errors import InvalidTransition
 
 
 class RunState(enum.Enum):
@@ -63,10 +63,6 @@ _ALLOWED: dict[RunState, frozenset[RunState]] = {
 }
 
 Listener = Callable[[RunState, RunState, str], None]
-
-
-class InvalidTransition(WerkflussError):
-    """A run was asked to move between states that have no transition: a bug in werkfluss."""
 
 
 class Lifecycle:

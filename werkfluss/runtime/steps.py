@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from werkfluss import serializer
 from werkfluss.durations import Duration, optional_duration, parse_duration
 from werkfluss.errors import InvalidArgument, StepFailed
+from werkfluss.limits import check_name
 from werkfluss.records import LogRecord
 from werkfluss.runtime import context
 from werkfluss.runtime.durable import DurableCall, load_value
@@ -151,9 +152,8 @@ def step(
         target = func.__func__ if isinstance(func, (staticmethod, classmethod)) else func
         if not callable(target):
             raise InvalidArgument(f"@step needs a function, got {type(func).__name__}")
-        step_name = f"{target.__module__}.{target.__qualname__}" if name is None else name
-        if not step_name.strip():
-            raise InvalidArgument("a step name must not be empty")
+        step_name = check_name(f"{target.__module__}.{target.__qualname__}" if name is None else name,
+                               "the step name", "'app.send_email'")
         return Step(func, step_name, options)
 
     if fn is not None:

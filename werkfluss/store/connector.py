@@ -347,11 +347,15 @@ class Connector:
             raise RecordRefused(f"the database driver cannot send a value: {err}") from err
 
     def _classify_write_error(self, err: psycopg.Error) -> Exception:
-        """Writes need to know: retry (busy or unreachable), or isolate the refused value."""
+        """Writes need to know: retry (busy or unreachable), or isolate a refused value."""
         state = err.sqlstate or ""
         if state in _BUSY_STATES:
             return DatabaseBusy(f"PostgreSQL asked to retry: {self._scrub(str(err).strip())}")
-        if state[:2] in ("22", "54") or state in ("23502", "23514", "2200N"):
+        if _connection_failed(err):
+            return self._unavailable(err)
+        if state[:2] in ("22", "54") or state in ("23502", "23514") or (
+            not state and isinstance(err, psycopg.DataError)  # refused by the driver itself (NUL in text)
+        ):
             message = self._scrub(err.diag.message_primary or str(err).strip())
             return RecordRefused(f"PostgreSQL refused a value: {message}")
         return translate_error(err, {}, self)

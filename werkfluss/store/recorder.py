@@ -134,7 +134,10 @@ class Recorder:
                 if attempt == 0:
                     telemetry.logger().warning("recorder.retrying", error=str(err), writes=len(batch))
                 await asyncio.sleep(0 if attempt == 0 else min(1.0, 0.05 * 2**attempt))
-            except RecordRefused:
+            except Exception as err:  # refused, or unexpected: find whose write it is
+                if not isinstance(err, RecordRefused):
+                    telemetry.logger().error("recorder.write_failed", error=f"{type(err).__name__}: {err}",
+                                             writes=len(batch))
                 self.isolations += 1
                 await self._isolate(batch)
                 return
@@ -179,11 +182,13 @@ class Recorder:
             for index, write in enumerate(writes):
                 try:
                     await self._write_alone(write)
-                except RecordRefused as err:
-                    log.warning("recorder.write_refused", run_id=run_id, kind=write.kind, error=str(err))
-                    write.fail(err)
+                except Exception as err:
+                    refused = err if isinstance(err, RecordRefused) else RecordRefused(
+                        f"the write failed: {type(err).__name__}: {err}")
+                    log.warning("recorder.write_refused", run_id=run_id, kind=write.kind, error=str(refused))
+                    write.fail(refused)
                     for later in writes[index + 1:]:
-                        later.fail(RecordRefused(f"{err} (an earlier write of run {run_id} was refused)"))
+                        later.fail(RecordRefused(f"{refused} (an earlier write of run {run_id} was refused)"))
                     break
 
     async def _write_alone(self, write: Write) -> None:

@@ -43,7 +43,11 @@ def parser() -> argparse.ArgumentParser:
                    default=os.environ.get("WERKFLUSS_LOG_LEVEL", "info").lower(),
                    help="default: $WERKFLUSS_LOG_LEVEL, else info")
     p.add_argument("--pool-size", type=int, default=10,
-                   help="database connections in the pool (default 10; LISTEN uses one more)")
+                   help="database connections in the pool (default 10; LISTEN and the heartbeat "
+                        "use one more each)")
+    p.add_argument("--cache-size", type=int, default=256,
+                   help="suspended runs kept in memory to resume without replaying their log "
+                        "(default 256; 0 turns the cache off)")
     p.add_argument("--listen-dsn", help="direct connection for LISTEN when --dsn goes through "
                    "PgBouncer in transaction mode (default: $WERKFLUSS_LISTEN_URL, else --dsn)")
     return p
@@ -78,6 +82,7 @@ async def serve(args: argparse.Namespace) -> None:
             lease=args.lease,
             poll_interval=args.poll,
             shutdown_grace=args.shutdown_grace,
+            cache_size=args.cache_size,
         )
         stop = asyncio.Event()
         signals = 0

@@ -56,6 +56,8 @@ class RunDriver:
         self._refreshing = False
         self._refresh_again = False
         self._started = time.monotonic()
+        self._suspension: cmd.Suspend | None = None
+        self._steps_before = instance.steps_run  # a run resumed from the cache counts on
         self._done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         instance.lifecycle.listen(self._transition)
@@ -188,8 +190,11 @@ class RunDriver:
                 return
             error = f.exception()
             if error is None:
+                result = f.result()
+                if isinstance(result, w.HookCreation) and result.error is not None:
+                    self._write_failed = True  # the run fails: no step body may start now
                 if on_done is not None:
-                    self.post(lambda: on_done(f.result()) or [])
+                    self.post(lambda: on_done(result) or [])
                 return
             self._write_failed = True
             self.post(lambda: self._write_error(write, error))
@@ -229,6 +234,7 @@ class RunDriver:
         if deadline is not None:
             due = deadline if due is None else min(due, deadline)
         waiting_on = ", ".join(command.events)[:1000] or None
+        self._suspension = command
         self._submit(
             w.SuspendRun(self.lease, command.status, command.wake_at, due, waiting_on, self.seen_wakeups),
             self._suspend_answered,
@@ -237,6 +243,12 @@ class RunDriver:
     def _suspend_answered(self, suspended: bool) -> list[cmd.Command]:
         if suspended:
             self.instance.suspended()
+            if telemetry.debug_enabled() and self._suspension is not None:
+                command = self._suspension
+                telemetry.logger().debug(
+                    "run.suspended", run_id=self.run_id, status=command.status,
+                    wake_at=command.wake_at.isoformat() if command.wake_at else None,
+                    waiting_on=", ".join(command.events) or None)
             return []
         commands = self.instance.suspend_refused()
         self.refresh()
@@ -262,7 +274,7 @@ class RunDriver:
         workflow = self.instance.workflow.name
         if command.status == "completed":
             log.info("run.completed", run_id=self.run_id, workflow=workflow,
-                     steps=self.instance.steps_run, duration_ms=duration_ms)
+                     steps=self.instance.steps_run - self._steps_before, duration_ms=duration_ms)
             return
         error_type = command.error_type or ""
         if self.instance.nondeterminism is not None:
@@ -296,8 +308,9 @@ class RunDriver:
             log.info("step.failed", run_id=self.run_id, step=command.step.name, seq=command.seq,
                      attempts=outcome.attempts, error=error)
         elif telemetry.debug_enabled():
+            took = (self.worker.clock.now() - outcome.started_at).total_seconds()
             log.debug("step.completed", run_id=self.run_id, step=command.step.name, seq=command.seq,
-                      attempts=outcome.attempts)
+                      attempts=outcome.attempts, duration_ms=round(took * 1000, 3))
         self.post(lambda: self.instance.step_done(command.seq, outcome))
 
     # --- time -------------------------------------------------------------------------------

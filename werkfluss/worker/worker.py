@@ -325,8 +325,6 @@ class Worker:
         if new is RunState.SUSPENDED:
             self._remember(driver)
             self._wake.set()
-            if telemetry.debug_enabled():
-                telemetry.logger().debug("run.suspended", run_id=driver.run_id, status=reason)
         elif new is RunState.FINISHED:
             self.runs_finished += 1
         elif new is RunState.CANCELLED:
