@@ -606,13 +606,15 @@ class WorkflowInstance:
         legacy = bool(getattr(pending.call, "legacy", False))
         try:
             value = pending.call.resolve(self, record)
-        except SerializationError as exc:
-            self._finish_failed(SerializationError(
-                f"cannot load the outcome of {record.kind} {record.name!r} at seq {record.seq} "
-                f"of run {self.run_id}: {exc}"
-            ))
-            return
         except BaseException as exc:
+            # A failed record raises the failure it holds, which may itself be a
+            # SerializationError (a step result that could not be stored).
+            if isinstance(exc, SerializationError) and record.status == "completed":
+                self._finish_failed(SerializationError(
+                    f"cannot load the outcome of {record.kind} {record.name!r} at seq {record.seq} "
+                    f"of run {self.run_id}: {exc}"
+                ))
+                return
             if exc_context is not None and exc.__cause__ is None:
                 exc.__cause__ = exc_context
             if live and not legacy:
