@@ -747,6 +747,8 @@ class WorkflowInstance:
     def _main_done(self, task: asyncio.Task[Any]) -> None:
         if not self._writing() or self.nondeterminism is not None:
             return
+        if self._log_goes_on(task):
+            return
         if task.cancelled():
             self._finish_failed(asyncio.CancelledError(f"the workflow of run {self.run_id} was cancelled"))
             return
@@ -759,18 +761,30 @@ class WorkflowInstance:
         except SerializationError as exc:
             self._finish_failed(exc)
             return
+        self._emit_finish(cmd.Finish("completed", result, None, None, self.has_children))
+
+    def _log_goes_on(self, task: asyncio.Task[Any]) -> bool:
+        """The workflow ended (returned, raised or was cancelled) where its log
+        goes on: the recorded run did not end there, so the code changed."""
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled():
+            ended = "was cancelled"
+        elif error is not None:
+            ended = f"raised {type_name(error)}"
+        else:
+            ended = "returned"
         if self._replay:
             record = self._replay[0]
             self._nondeterministic(record.seq, f"an outcome for {record.kind} {record.name!r}",
-                                   "nothing (the workflow returned before it)")
-            return
+                                   f"nothing (the workflow {ended} before it)")
+            return True
         unconsumed = [seq for seq in self._log if seq > self._seq]
         if unconsumed:
             record = self._log[min(unconsumed)]
             self._nondeterministic(record.seq, f"{record.kind} {record.name!r}",
-                                   "nothing (the workflow returned)")
-            return
-        self._emit_finish(cmd.Finish("completed", result, None, None, self.has_children))
+                                   f"nothing (the workflow {ended})")
+            return True
+        return False
 
     def _timed_out(self) -> TimeoutError:
         when = self.deadline.isoformat() if self.deadline else "its deadline"
