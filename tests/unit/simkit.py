@@ -67,6 +67,19 @@ def suspensions(commands: Iterable[cmd.Command]) -> list[cmd.Suspend]:
     return [c for c in commands if isinstance(c, cmd.Suspend)]
 
 
+def outcome_key(outcome: cmd.Finish | None) -> tuple[Any, ...] | None:
+    """What a run's outcome says: status, result, error type and message.
+
+    ``has_children`` is left out: a replay that finds every child's outcome in
+    the log does not start (nor count) them again, and there is nothing left
+    to cancel either way."""
+    if outcome is None:
+        return None
+    error = json.loads(outcome.error) if outcome.error else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return (outcome.status, outcome.result, outcome.error_type, message)
+
+
 def same_log(a: Iterable[LogRecord], b: Iterable[LogRecord]) -> bool:
     return [_comparable(r) for r in a] == [_comparable(r) for r in b]
 
