@@ -974,3 +974,29 @@ def test_stopping_a_run_that_only_waits_suspends_it() -> None:
     run.complete_step(1, 1)
     assert kinds(since(run, mark)) == ["AppendRecord", "AppendRecord", "Suspend"]
     assert run.status == "sleeping"
+
+
+# --- stamps -----------------------------------------------------------------------------------
+
+
+def test_a_delivery_gets_the_same_stamp_from_a_worker_that_replayed_more_of_the_log() -> None:
+    """The stamp of an outcome depends on the clock and the earlier outcomes,
+    not on whether the worker wrote the call records before it or read them."""
+    from werkfluss import hook, sleep
+
+    async def flow() -> Any:
+        await sleep(1)
+        return await hook("late").wait()
+
+    sim = Simulation()
+    run = sim.start(wf(flow))
+    sim.send("late", "early payload")
+    sim.clock.advance(1)
+    run.tick()  # wakes: creates the hook (a call record) and receives at once
+    assert run.result() == "early payload"
+    assert [r.kind for r in run.log] == ["sleep", "hook", "receive"]
+    original = list(run.log)
+
+    run.crash(keep=2)  # the receive record was lost; the hook record was not
+    assert run.result() == "early payload"
+    assert run.log[2].finished_at == original[2].finished_at

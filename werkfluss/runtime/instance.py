@@ -144,7 +144,9 @@ class WorkflowInstance:
         self._closing = False
         self._commands: list[cmd.Command] = []
         self._time = started_at
-        recorded = [r.finished_at for r in log if r.finished_at is not None]
+        # Stamps order deliveries only; a call record's stamp (its workflow time)
+        # does not count, as it does not for the worker that wrote it.
+        recorded = [r.finished_at for r in deliveries if r.finished_at is not None]
         self._last_stamp = max([started_at, *recorded])
         self._main: asyncio.Task[Any] | None = None
         self._outcome: cmd.Finish | None = None
