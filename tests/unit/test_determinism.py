@@ -701,3 +701,47 @@ def test_several_passive_waits_suspend_on_all_of_them_at_once() -> None:
     run.tick()
     assert run.result() == ["x", 1, None]
     replays_the_same(run)
+
+
+# --- timers due within the same instant ------------------------------------------------------------
+
+
+def test_a_timer_due_within_the_same_instant_replays_at_the_same_clock_time() -> None:
+    """The clock does not move, so outcomes are stamped a microsecond apart: the
+    zero-length timer started at the first outcome's stamp is due before any
+    next outcome could be. It fires before the racing step's outcome is taken
+    (which is then not recorded), and a replay at that same clock time must
+    fire it too."""
+
+    async def flow() -> Any:
+        await work(1)
+        winner = list(await race(work(2), sleep(0)))
+        await sleep(0)
+        return winner
+
+    sim = Simulation()
+    run = sim.start(wf(flow))
+    finish(run, 1)
+    if 2 in run.steps_in_flight:  # the timer is due before this outcome: it is dropped
+        finish(run, 2)
+    assert run.result() == [1, None]
+    assert cancelled(run.commands) == [2]
+    assert [r.kind for r in run.log] == ["step", "sleep", "sleep"]
+    replays_the_same(run)
+
+
+def test_a_crash_leaves_the_same_steps_in_flight_as_the_worker_had() -> None:
+    async def flow() -> Any:
+        await work(1)
+        winner = list(await race(work(2), sleep(0)))
+        return [winner, await work(4)]
+
+    run = Simulation().start(wf(flow))
+    finish(run, 1)
+    before = sorted(run.steps_in_flight)
+    run.crash()
+    assert sorted(run.steps_in_flight) == before
+    while run.steps_in_flight:
+        finish(run, min(run.steps_in_flight))
+    assert run.result() == [[1, None], 40]
+    replays_the_same(run)

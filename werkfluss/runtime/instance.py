@@ -661,7 +661,7 @@ class WorkflowInstance:
             if self.deadline is not None and self._clock.now() >= self.deadline:
                 self._finish_failed(self._timed_out())
                 break
-            if self._fire_timer(self._clock.now()):
+            if self._fire_timer(self._candidate_stamp()):
                 continue
             if self._deliver_ready():
                 continue
@@ -669,7 +669,11 @@ class WorkflowInstance:
         self._settle()
 
     def _fire_due_timers(self) -> None:
-        while self._writing() and self._fire_timer(self._clock.now()):
+        # Due by the stamp the next outcome would get, not only by the clock:
+        # the run fires those before any outcome anyway (an outcome it may then
+        # not record, its call cancelled), so it fires them at once, live and
+        # after a replay alike.
+        while self._writing() and self._fire_timer(self._candidate_stamp()):
             pass
 
     def _check_log_consumed(self) -> None:
