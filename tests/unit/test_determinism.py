@@ -209,6 +209,48 @@ def test_as_completed_with_a_step_called_between_arrivals() -> None:
     replays_the_same(run)
 
 
+@pytest.mark.xfail(strict=True, raises=RunFailed, reason=(
+    "asyncio.as_completed builds its tasks from set(fs): over coroutines that make their "
+    "durable calls when they start, the calls take seqs in an order set by memory addresses, "
+    "so a replay fails with NonDeterminismError"
+))
+def test_as_completed_over_coroutines_takes_the_same_seqs_on_every_replay() -> None:
+    async def chain(x: int) -> int:
+        return await work(x)  # the step's seq is taken when this coroutine starts
+
+    async def flow() -> list[int]:
+        return [await c for c in asyncio.as_completed([chain(1), chain(2), chain(3), chain(4)])]
+
+    run = Simulation().start(wf(flow))
+    finish(run, *sorted(run.steps_in_flight))
+    result = run.result()
+    keep = []
+    for attempt in range(30):  # other memory layouts, other set orders
+        keep.append([object() for _ in range(attempt * 37)])
+        run.crash()
+        assert run.result() == result
+
+
+def test_as_completed_over_tasks_created_in_order_replays_the_same() -> None:
+    """The way around the set inside as_completed: make the tasks first, in order."""
+
+    async def chain(x: int) -> int:
+        return await work(x)
+
+    async def flow() -> list[int]:
+        tasks = [asyncio.ensure_future(chain(x)) for x in (1, 2, 3, 4)]
+        return [await c for c in asyncio.as_completed(tasks)]
+
+    run = Simulation().start(wf(flow))
+    assert [c.args for c in run.commands if isinstance(c, cmd.ExecuteStep)] == [(1,), (2,), (3,), (4,)]
+    finish(run, 3, 1, 4, 2)
+    assert run.result() == [30, 10, 40, 20]
+    keep = []
+    for attempt in range(10):
+        keep.append([object() for _ in range(attempt * 37)])
+        replays_the_same(run)
+
+
 # --- wait_for, timeouts, shield ------------------------------------------------------------
 
 
@@ -351,6 +393,40 @@ def test_task_group_all_succeed() -> None:
     finish(run, 3, 2, 1)
     assert run.result() == [10, 20, 30]
     replays_the_same(run)
+
+
+@pytest.mark.xfail(strict=True, raises=RunFailed, reason=(
+    "TaskGroup cancels its other tasks in the iteration order of a set of tasks (hashed by "
+    "id): steps those tasks call while being cancelled take seqs in an order set by memory "
+    "addresses, so a replay fails with NonDeterminismError"
+))
+def test_task_group_cancels_the_rest_in_the_same_order_on_every_replay() -> None:
+    async def guarded(x: int) -> int:
+        try:
+            return await work(x)
+        except asyncio.CancelledError:
+            await asyncio.shield(other(x))  # compensate, then let the cancellation go on
+            raise
+
+    async def flow() -> Any:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for x in (1, 2, 3, 4):
+                    tg.create_task(guarded(x))
+        except ExceptionGroup:
+            return "failed"
+        return "done"
+
+    run = Simulation().start(wf(flow))
+    finish(run, 1, fail={1})
+    for seq in sorted(run.steps_in_flight):
+        run.complete_step(seq, 0)
+    assert run.result() == "failed"
+    keep = []
+    for attempt in range(30):  # other memory layouts, other set orders
+        keep.append([object() for _ in range(attempt * 37)])
+        run.crash()
+        assert run.result() == "failed"
 
 
 # --- sleep is durable ----------------------------------------------------------------------
