@@ -18,7 +18,13 @@ everything to the end::
 
 ``run.crash()`` drops the in-memory execution and resumes from the committed
 log, as a worker taking over after a crash would, so a test can check that a
-workflow replays without :class:`~werkfluss.errors.NonDeterminismError`.
+workflow replays without :class:`~werkfluss.errors.NonDeterminismError`;
+``run.crash(keep=n)`` loses every record after the first ``n`` too (the worker
+died before committing them). To decide the order in which things happen,
+finish steps one by one — ``run.complete_step(seq, value)`` (or ``error=``),
+or ``await run.run_step(seq)`` to execute that body — instead of
+``run_steps()``; ``run.stop()`` is the worker stopping (the run is handed back
+once its steps in flight are recorded; ``run.resume()`` claims it again).
 """
 
 from __future__ import annotations
@@ -85,14 +91,38 @@ class SimulatedRun:
         )
         self._apply(self.instance.start())
 
-    def crash(self) -> None:
-        """Drop the execution (uncommitted work is lost) and resume from the log."""
+    def crash(self, *, keep: int | None = None) -> None:
+        """Drop the execution (uncommitted work is lost) and resume from the log.
+
+        ``keep``: the worker died after committing only the first ``keep``
+        records of the log; the later ones are lost, with what they created
+        (a hook whose record is lost no longer exists) and the run's outcome.
+        """
         if self.instance is not None:
             if self.instance.state is RunState.SUSPENDED:
                 self.instance.evict()
-            else:
+            elif not self.instance.state.final:
                 self.instance.lost("crash")
+        if keep is not None:
+            if not 0 <= keep <= len(self.log):
+                raise ValueError(f"keep must be from 0 to {len(self.log)}, got {keep}")
+            lost, self.log[keep:] = self.log[keep:], []
+            for record in lost:
+                if record.kind == "hook" and self.hooks.get(record.name) == record.seq:
+                    del self.hooks[record.name]
+                    self.multi.discard(record.name)
+                    if self.sim.hook_owners.get(record.name) == (self.run_id, record.seq):
+                        del self.sim.hook_owners[record.name]
+            if lost:
+                self.outcome = None
         self.resume()
+
+    def stop(self) -> None:
+        """The worker is stopping: no step body starts any more. The run is handed
+        back (status ``pending``; :meth:`resume` claims it again) once its steps in
+        flight are recorded, or suspends if it only waits."""
+        assert self.instance is not None
+        self._apply(self.instance.stop())
 
     def complete_step(self, seq: int, value: Any = None, *, error: BaseException | None = None,
                       attempts: int = 1) -> None:
@@ -107,20 +137,32 @@ class SimulatedRun:
         del command
         self._apply(self.instance.step_done(seq, outcome))
 
-    async def run_steps(self, *, limit: int = 10_000) -> None:
-        """Execute the bodies of steps in flight (and of steps they lead to) until none is left."""
+    async def run_step(self, seq: int | None = None) -> None:
+        """Execute the body of one step in flight (the one at ``seq``, else the
+        oldest), with its retries and timeout, as a worker does."""
         from werkfluss.worker.executor import run_attempts
 
+        if seq is None:
+            if not self.steps_in_flight:
+                raise LookupError(f"run {self.run_id} has no step in flight")
+            seq = next(iter(self.steps_in_flight))
+        command = self.steps_in_flight[seq]
+        outcome = await run_attempts(command.step, command.args, command.kwargs, command.info,
+                                     None, self.sim.clock)
+        if self.steps_in_flight.get(seq) is not command:
+            return  # cancelled (or the run left) meanwhile: the outcome is not wanted
+        del self.steps_in_flight[seq]
+        assert self.instance is not None
+        self._apply(self.instance.step_done(seq, outcome))
+
+    async def run_steps(self, *, limit: int = 10_000) -> None:
+        """Execute the bodies of steps in flight (and of steps they lead to) until none is left."""
         for _ in range(limit):
             if not self.steps_in_flight:
                 return
-            seq, command = next(iter(self.steps_in_flight.items()))
-            outcome = await run_attempts(command.step, command.args, command.kwargs, command.info,
-                                         None, self.sim.clock)
-            self.steps_in_flight.pop(seq, None)
-            assert self.instance is not None
-            self._apply(self.instance.step_done(seq, outcome))
-        raise WerkflussError(f"run {self.run_id}: more than {limit} steps")
+            await self.run_step()
+        if self.steps_in_flight:
+            raise WerkflussError(f"run {self.run_id}: more than {limit} steps")
 
     def tick(self) -> None:
         """Let the run see the clock's current time (timers, deadline)."""

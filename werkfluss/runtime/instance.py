@@ -141,7 +141,9 @@ class WorkflowInstance:
         self._closing = False
         self._commands: list[cmd.Command] = []
         self._time = started_at
-        recorded = [r.finished_at for r in log if r.finished_at is not None]
+        # Stamps order deliveries only; a call record's stamp (its workflow time)
+        # does not count, as it does not for the worker that wrote it.
+        recorded = [r.finished_at for r in deliveries if r.finished_at is not None]
         self._last_stamp = max([started_at, *recorded])
         self._main: asyncio.Task[Any] | None = None
         self._outcome: cmd.Finish | None = None
@@ -610,13 +612,15 @@ class WorkflowInstance:
         legacy = bool(getattr(pending.call, "legacy", False))
         try:
             value = pending.call.resolve(self, record)
-        except SerializationError as exc:
-            self._finish_failed(SerializationError(
-                f"cannot load the outcome of {record.kind} {record.name!r} at seq {record.seq} "
-                f"of run {self.run_id}: {exc}"
-            ))
-            return
         except BaseException as exc:
+            # A failed record raises the failure it holds, which may itself be a
+            # SerializationError (a step result that could not be stored).
+            if isinstance(exc, SerializationError) and record.status == "completed":
+                self._finish_failed(SerializationError(
+                    f"cannot load the outcome of {record.kind} {record.name!r} at seq {record.seq} "
+                    f"of run {self.run_id}: {exc}"
+                ))
+                return
             if exc_context is not None and exc.__cause__ is None:
                 exc.__cause__ = exc_context
             if live and not legacy:
@@ -661,7 +665,7 @@ class WorkflowInstance:
             if self.deadline is not None and self._clock.now() >= self.deadline:
                 self._finish_failed(self._timed_out())
                 break
-            if self._fire_timer(self._clock.now()):
+            if self._fire_timer(self._candidate_stamp()):
                 continue
             if self._deliver_ready():
                 continue
@@ -669,7 +673,11 @@ class WorkflowInstance:
         self._settle()
 
     def _fire_due_timers(self) -> None:
-        while self._writing() and self._fire_timer(self._clock.now()):
+        # Due by the stamp the next outcome would get, not only by the clock:
+        # the run fires those before any outcome anyway (an outcome it may then
+        # not record, its call cancelled), so it fires them at once, live and
+        # after a replay alike.
+        while self._writing() and self._fire_timer(self._candidate_stamp()):
             pass
 
     def _check_log_consumed(self) -> None:
@@ -749,6 +757,8 @@ class WorkflowInstance:
     def _main_done(self, task: asyncio.Task[Any]) -> None:
         if not self._writing() or self.nondeterminism is not None:
             return
+        if self._log_goes_on(task):
+            return
         if task.cancelled():
             self._finish_failed(asyncio.CancelledError(f"the workflow of run {self.run_id} was cancelled"))
             return
@@ -761,18 +771,30 @@ class WorkflowInstance:
         except SerializationError as exc:
             self._finish_failed(exc)
             return
+        self._emit_finish(cmd.Finish("completed", result, None, None, self.has_children))
+
+    def _log_goes_on(self, task: asyncio.Task[Any]) -> bool:
+        """The workflow ended (returned, raised or was cancelled) where its log
+        goes on: the recorded run did not end there, so the code changed."""
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled():
+            ended = "was cancelled"
+        elif error is not None:
+            ended = f"raised {type_name(error)}"
+        else:
+            ended = "returned"
         if self._replay:
             record = self._replay[0]
             self._nondeterministic(record.seq, f"an outcome for {record.kind} {record.name!r}",
-                                   "nothing (the workflow returned before it)")
-            return
+                                   f"nothing (the workflow {ended} before it)")
+            return True
         unconsumed = [seq for seq in self._log if seq > self._seq]
         if unconsumed:
             record = self._log[min(unconsumed)]
             self._nondeterministic(record.seq, f"{record.kind} {record.name!r}",
-                                   "nothing (the workflow returned)")
-            return
-        self._emit_finish(cmd.Finish("completed", result, None, None, self.has_children))
+                                   f"nothing (the workflow {ended})")
+            return True
+        return False
 
     def _timed_out(self) -> TimeoutError:
         when = self.deadline.isoformat() if self.deadline else "its deadline"
