@@ -395,11 +395,6 @@ def test_task_group_all_succeed() -> None:
     replays_the_same(run)
 
 
-@pytest.mark.xfail(strict=True, raises=RunFailed, reason=(
-    "TaskGroup cancels its other tasks in the iteration order of a set of tasks (hashed by "
-    "id): steps those tasks call while being cancelled take seqs in an order set by memory "
-    "addresses, so a replay fails with NonDeterminismError"
-))
 def test_task_group_cancels_the_rest_in_the_same_order_on_every_replay() -> None:
     async def guarded(x: int) -> int:
         try:

@@ -52,6 +52,26 @@ class DurableTimerHandle(asyncio.TimerHandle):
         self.seq = seq
 
 
+class WorkflowTask(asyncio.Task):
+    """A task of workflow code: hashed by its creation order on its loop, so
+    that sets of tasks (``asyncio.wait``'s results, ``TaskGroup``'s members)
+    iterate in the same order on every replay."""
+
+    _order = 0
+
+    def __hash__(self) -> int:
+        return self._order
+
+
+class WorkflowFuture(asyncio.Future):
+    """A future of workflow code, hashed by its creation order (see :class:`WorkflowTask`)."""
+
+    _order = 0
+
+    def __hash__(self) -> int:
+        return self._order
+
+
 class WorkflowLoop(asyncio.AbstractEventLoop):
     """An event loop for one run's workflow code (see the module docs)."""
 
@@ -61,6 +81,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._errors: list[BaseException] = []
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._created = 0  # tasks and futures made on this loop, for their hash
 
     # --- driving ----------------------------------------------------------------
 
@@ -126,7 +147,10 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         return self.instance.workflow_time.timestamp()
 
     def create_future(self) -> asyncio.Future[Any]:
-        return asyncio.Future(loop=self)
+        future = WorkflowFuture(loop=self)
+        self._created += 1
+        future._order = self._created
+        return future
 
     def create_task(
         self,
@@ -135,7 +159,9 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[T]:
-        task: asyncio.Task[T] = asyncio.Task(coro, loop=self, name=name, context=context)
+        task: WorkflowTask = WorkflowTask(coro, loop=self, name=name, context=context)
+        self._created += 1
+        task._order = self._created
         # A run that leaves this worker drops its loop with tasks still pending;
         # that is expected, not something to warn about.
         task._log_destroy_pending = False  # type: ignore[attr-defined]
