@@ -20,30 +20,41 @@ CREATE FUNCTION werkfluss._cancel_tree(roots text[]) RETURNS text[]
     AS $$
 DECLARE
     tree      text[];
-    cancelled text[];
+    cancelled text[] := '{}';
+    done      text[];
+    targets   text[] := roots;
+    pass      integer := 0;
 BEGIN
-    WITH RECURSIVE t(id, depth) AS (
-        SELECT r.id, 0 FROM werkfluss.runs r
-         WHERE r.id = ANY(roots) AND r.status NOT IN ('completed', 'failed', 'cancelled')
-        UNION
-        SELECT c.id, t.depth + 1 FROM werkfluss.runs c JOIN t ON c.parent_id = t.id
-         WHERE c.status NOT IN ('completed', 'failed', 'cancelled')
-    )
-    SELECT coalesce(array_agg(id ORDER BY depth DESC, id), '{}') INTO tree FROM t;
-    IF cardinality(tree) = 0 THEN
-        RETURN tree;
-    END IF;
-    PERFORM 1 FROM werkfluss.queue q WHERE q.run_id = ANY(tree)
-     ORDER BY array_position(tree, q.run_id) FOR UPDATE;
-    DELETE FROM werkfluss.queue q WHERE q.run_id = ANY(tree);
-    WITH done AS (
-        UPDATE werkfluss.runs r
-           SET status = 'cancelled', finished_at = now(), updated_at = now(),
-               wake_at = NULL, waiting_on = NULL
-         WHERE r.id = ANY(tree) AND r.status NOT IN ('completed', 'failed', 'cancelled')
-        RETURNING r.id
-    )
-    SELECT coalesce(array_agg(id), '{}') INTO cancelled FROM done;
+    LOOP
+        pass := pass + 1;
+        WITH RECURSIVE t(id, depth) AS (
+            SELECT r.id, 0 FROM werkfluss.runs r
+             WHERE r.id = ANY(targets) AND r.status NOT IN ('completed', 'failed', 'cancelled')
+            UNION
+            SELECT c.id, t.depth + 1 FROM werkfluss.runs c JOIN t ON c.parent_id = t.id
+             WHERE c.status NOT IN ('completed', 'failed', 'cancelled')
+        )
+        SELECT coalesce(array_agg(id ORDER BY depth DESC, id), '{}') INTO tree FROM t;
+        EXIT WHEN cardinality(tree) = 0 OR pass > 10;
+        PERFORM 1 FROM werkfluss.queue q WHERE q.run_id = ANY(tree)
+         ORDER BY array_position(tree, q.run_id) FOR UPDATE;
+        DELETE FROM werkfluss.queue q WHERE q.run_id = ANY(tree);
+        WITH d AS (
+            UPDATE werkfluss.runs r
+               SET status = 'cancelled', finished_at = now(), updated_at = now(),
+                   wake_at = NULL, waiting_on = NULL
+             WHERE r.id = ANY(tree) AND r.status NOT IN ('completed', 'failed', 'cancelled')
+            RETURNING r.id
+        )
+        SELECT coalesce(array_agg(id), '{}') INTO done FROM d;
+        cancelled := cancelled || done;
+        -- Next pass: children of what was just cancelled that a concurrent
+        -- start created meanwhile.
+        targets := ARRAY(SELECT c.id FROM werkfluss.runs c
+                          WHERE c.parent_id = ANY(tree)
+                            AND c.status NOT IN ('completed', 'failed', 'cancelled'));
+        EXIT WHEN cardinality(targets) = 0;
+    END LOOP;
     IF cardinality(cancelled) > 0 THEN
         PERFORM pg_notify('werkfluss_runs',
             CASE WHEN length(array_to_string(cancelled, ',')) <= 7900

@@ -146,3 +146,34 @@ async def _is(handle: object, status: str) -> bool:
 
 async def _async(value: object) -> object:
     return value
+
+
+def test_a_child_started_while_its_parent_is_being_cancelled_is_cancelled_too(dsn: str) -> None:
+    import threading
+
+    import psycopg
+
+    from werkfluss.store.queries import QUERIES
+
+    parent = sql_value(dsn, "SELECT werkfluss.start_run('tests.cancel.parent_of_race')")
+    lease = sql_value(dsn, """UPDATE werkfluss.queue SET lease_id = gen_random_uuid(), worker_id = 'w'
+                               WHERE run_id = %s RETURNING lease_id::text""", [parent])
+    starter = psycopg.connect(dsn)  # a worker starting the child, its transaction still open
+    starter.execute(QUERIES["start_children"], {
+        "run_ids": [parent], "lease_ids": [lease], "seqs": [1], "child_ids": [f"{parent}::1"],
+        "workflows": ["tests.cancel.child"], "args": ["[]"], "kwargs": ["{}"],
+    })
+    result: list[object] = []
+    canceller = threading.Thread(
+        target=lambda: result.append(sql_value(dsn, "SELECT werkfluss.cancel_run(%s)", [parent])))
+    canceller.start()  # waits for the starter's lock on the parent's queue row
+    canceller.join(timeout=0.5)
+    assert canceller.is_alive()
+    starter.commit()
+    starter.close()
+    canceller.join(timeout=10)
+    assert result == [True]
+    assert sql(dsn, "SELECT id, status FROM werkfluss.runs ORDER BY id") == [
+        (parent, "cancelled"), (f"{parent}::1", "cancelled"),
+    ]
+    assert sql_value(dsn, "SELECT count(*) FROM werkfluss.queue") == 0

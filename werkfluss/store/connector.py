@@ -197,6 +197,11 @@ class Connector:
         self._healing: asyncio.Task[None] | None = None
         self.heals = 0  # times the pool was checked after a lost connection
         self.queries: Counter[str] = Counter()  # named queries run, by name (tests, telemetry)
+        # A write transaction whose client stops in the middle (SIGSTOP, a cut
+        # network) is ended by the server after this long, so that its row locks
+        # do not keep other workers from taking its runs over. Workers set it to
+        # their lease.
+        self.write_idle_timeout: float = 60.0
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -335,6 +340,8 @@ class Connector:
             async with self._connection() as conn:
                 cursors = []
                 async with conn.pipeline(), conn.transaction():
+                    timeout_ms = max(1000, int(self.write_idle_timeout * 1000))
+                    await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms}")
                     for name, params in statements:
                         cur = conn.cursor()
                         await cur.execute(QUERIES[name], params or None)

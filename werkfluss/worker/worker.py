@@ -191,6 +191,7 @@ class Worker:
         self._workflows = self._resolve_workflows()
         connector, listener = await self._connect()
         self._connector = connector
+        connector.write_idle_timeout = min(connector.write_idle_timeout, self.lease_seconds)
         await check_schema(connector)
         await registry.register(
             connector, id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), version=_version(),
