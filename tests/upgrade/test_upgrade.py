@@ -22,6 +22,26 @@ from . import legacy_app
 
 FIXTURE = Path(__file__).with_name("legacy-0.1.sql")
 
+SHIFT = """
+CREATE TEMP TABLE shift AS
+SELECT now() - max(created_at) AS off FROM werkfluss.runs;
+UPDATE werkfluss.runs SET created_at = created_at + (SELECT off FROM shift),
+       started_at = started_at + (SELECT off FROM shift), updated_at = updated_at + (SELECT off FROM shift),
+       wake_at = wake_at + (SELECT off FROM shift), finished_at = finished_at + (SELECT off FROM shift),
+       deadline = deadline + (SELECT off FROM shift);
+UPDATE werkfluss.events SET started_at = started_at + (SELECT off FROM shift),
+       finished_at = finished_at + (SELECT off FROM shift),
+       output = CASE WHEN kind = 'sleep'
+                     THEN json_build_object('wake_at',
+                                            (output ->> 'wake_at')::timestamptz + (SELECT off FROM shift))
+                     ELSE output END;
+UPDATE werkfluss.queue SET available_at = available_at + (SELECT off FROM shift)
+ WHERE available_at < 'infinity';
+UPDATE werkfluss.hooks SET created_at = created_at + (SELECT off FROM shift);
+UPDATE werkfluss.hook_payloads SET received_at = received_at + (SELECT off FROM shift);
+DROP TABLE shift;
+"""
+
 
 def _load_legacy(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -33,6 +53,9 @@ def _load_legacy(dsn: str) -> None:
             conn.execute("INSERT INTO werkfluss.migrations (version, name) VALUES (%s, %s)",
                          [migration.version, migration.name])
         conn.execute(FIXTURE.read_text())
+        # The fixture was recorded at some moment; move every time in it so that
+        # it was recorded just now (its sleeps and timeouts are still ahead).
+        conn.execute(SHIFT)
 
 
 @pytest.fixture
