@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -48,7 +49,7 @@ class Settings:
     """A scenario's knobs; ``from_env`` reads the ``WERKFLUSS_CHAOS_*`` variables."""
 
     faults: frozenset[str]
-    seconds: float = 12.0  # how long faults are injected
+    seconds: float = 8.0  # how long faults are injected
     runs: int = 500  # top-level runs (child runs come on top)
     workers: int = 4  # worker processes with a correct clock
     concurrency: int = 16
@@ -56,13 +57,13 @@ class Settings:
     poll: float = 1.0
     seed: int = 0
     skews: tuple[str, ...] = ("+120s", "-120s")  # one skewed worker per entry
-    pickup_margin: float = 1.0  # a claimable run is picked up within lease + this, once faults stop
+    pickup_margin: float = 2.0  # a claimable run is picked up within lease + this, once faults stop
     drain_timeout: float = 45.0  # every run must have ended this long after faults stop
-    quiet: float = 10.0  # ... but the wait ends when nothing changed for this long
+    quiet: float = 6.0  # ... but the wait ends when nothing changed for this long
 
     @classmethod
     def from_env(cls, faults: frozenset[str]) -> Settings:
-        seconds = _env_float("WERKFLUSS_CHAOS_SECONDS", 12.0)
+        seconds = _env_float("WERKFLUSS_CHAOS_SECONDS", 8.0)
         seed_text = os.environ.get("WERKFLUSS_CHAOS_SEED")
         skews = os.environ.get("WERKFLUSS_CHAOS_SKEW", "+120s,-120s")
         return cls(
@@ -75,9 +76,9 @@ class Settings:
             poll=_env_float("WERKFLUSS_CHAOS_POLL", 1.0),
             seed=int(seed_text) if seed_text else random.SystemRandom().randrange(1, 1_000_000),
             skews=tuple(s.strip() for s in skews.split(",") if s.strip()),
-            pickup_margin=_env_float("WERKFLUSS_CHAOS_PICKUP_MARGIN", 1.0),
+            pickup_margin=_env_float("WERKFLUSS_CHAOS_PICKUP_MARGIN", 2.0),
             drain_timeout=_env_float("WERKFLUSS_CHAOS_DRAIN", 45.0),
-            quiet=_env_float("WERKFLUSS_CHAOS_QUIET", 10.0),
+            quiet=_env_float("WERKFLUSS_CHAOS_QUIET", 6.0),
         )
 
     @property
@@ -85,6 +86,23 @@ class Settings:
         """Runs are started over this many seconds from the beginning of the fault window
         (the last ones are still going when the final blow comes)."""
         return max(1.0, self.seconds * 0.85)
+
+
+def cpu_sample() -> tuple[float, float] | None:
+    """(busy, total) jiffies of the whole machine so far (Linux), to tell how loaded it was."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(first: tuple[float, float] | None, second: tuple[float, float] | None) -> float | None:
+    if first is None or second is None or second[1] <= first[1]:
+        return None
+    return (second[0] - first[0]) / (second[1] - first[1])
 
 
 def faketime_library() -> str | None:
@@ -128,6 +146,15 @@ class StopRecord:
     held: list[str] = field(default_factory=list)
     taken_over: dict[str, tuple[float, str]] = field(default_factory=dict)  # run -> (seen at, by)
     gone: dict[str, float] = field(default_factory=dict)  # left the queue without a takeover seen
+    never: list[str] = field(default_factory=list)  # still held by the frozen worker when it was thawed
+    open_transactions: list[str] = field(default_factory=list)  # seen while runs were not taken over
+
+
+def lock_faults(stops: list[StopRecord]) -> list[Fault]:
+    """A worker frozen inside a transaction holds row locks that the others wait on: their
+    writes stall too, so that freeze hits every worker."""
+    return [Fault("locks", s.stopped, s.resumed, None, f"locks held by frozen pid {s.pid}")
+            for s in stops if s.open_transactions not in ([], ["none"])]
 
 
 # -- worker processes --------------------------------------------------------------------
@@ -196,24 +223,34 @@ class ChaosWorker:
         self.ended = self.ended or time.time()
         self._log.close()
 
-    def log_events(self) -> list[dict[str, Any]]:
-        return read_log(self.log_path)
-
     def started_line(self) -> dict[str, Any] | None:
-        for event in self.log_events():
-            if event.get("event") == "worker.started":
-                return event
+        """The worker's ``worker.started`` event, once it has logged it (among its first lines)."""
+        with contextlib.suppress(OSError), self.log_path.open("rb") as f:
+            for line in f.read(65536).decode(errors="replace").splitlines():
+                if '"worker.started"' in line:
+                    with contextlib.suppress(ValueError):
+                        return dict(json.loads(line))
         return None
 
 
-def read_log(path: Path) -> list[dict[str, Any]]:
+@functools.lru_cache(maxsize=64)
+def _read_log(path: Path, size: int) -> tuple[dict[str, Any], ...]:
     events = []
     with contextlib.suppress(OSError):
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith("{"):
                 with contextlib.suppress(ValueError):
                     events.append(json.loads(line))
-    return events
+    return tuple(events)
+
+
+def read_log(path: Path) -> tuple[dict[str, Any], ...]:
+    """A worker's JSON log events (parsed once per file size: logs are read many times)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return ()
+    return _read_log(path, size)
 
 
 def log_time(event: dict[str, Any]) -> float | None:
@@ -249,6 +286,7 @@ class Fleet:
         self._args = dict(dsn=dsn, effects_dsn=effects_dsn, log_dir=log_dir, settings=settings)
         self.everyone: list[ChaosWorker] = []
         self.live: list[ChaosWorker] = []
+        self.exits: list[str] = []  # workers that exited on their own (and were started again)
         self._count = 0
 
     def spawn(self, skew: str | None = None) -> ChaosWorker:
@@ -266,6 +304,26 @@ class Fleet:
 
     def by_pid(self) -> dict[int, ChaosWorker]:
         return {w.pid: w for w in self.everyone}
+
+    async def supervise(self, stopping: asyncio.Event) -> None:
+        """What a supervisor (systemd, Kubernetes) does: a worker that exits on its own —
+        at start-up it exits with status 1 when it cannot reach the database — is started
+        again half a second later."""
+        while not stopping.is_set():
+            for worker in list(self.live):
+                code = worker.proc.poll()
+                if code is None or worker.killed:
+                    continue
+                first = ""
+                with contextlib.suppress(OSError):
+                    first = worker.log_path.read_text(errors="replace").strip().splitlines()[0][:160]
+                self.exits.append(f"{worker.name} exited with status {code}: {first}")
+                self.live.remove(worker)
+                worker.ended = time.time()
+                await asyncio.sleep(0.5)  # like RestartSec
+                self.spawn(worker.skew)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 0.2)
 
     def close(self) -> None:
         for worker in self.everyone:
@@ -367,7 +425,7 @@ class Injectors:
         self._stopping.set()
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         last = {"kill": self._kill_one, "restart": self._restart_once, "terminate": self._terminate_once,
-                "proxy": self._cut_once, "stop": self._one_stop}
+                "proxy": lambda: self._cut_once(self.settings.lease + 0.5), "stop": self._one_stop}
         finals = [last[kind]() for kind in self.settings.faults if kind in last]
         results += await asyncio.gather(*finals, return_exceptions=True)
         for result in results:
@@ -436,12 +494,12 @@ class Injectors:
             else:
                 await self._cut_once()
 
-    async def _cut_once(self) -> None:
+    async def _cut_once(self, silence: float | None = None) -> None:
         """Silence past a lease (nothing forwarded, nothing closed), then an RST to everyone."""
         lease = self.settings.lease
         began = time.time()
         held = await asyncio.to_thread(self.proxy.stall)
-        await asyncio.sleep(self.rng.uniform(lease + 0.5, lease + 2.5))  # the fault's length
+        await asyncio.sleep(silence or self.rng.uniform(lease + 0.5, lease + 2.5))  # the fault's length
         reset = await asyncio.to_thread(self.proxy.reset)
         await asyncio.to_thread(self.proxy.resume)
         self.faults.append(Fault("stall", began, time.time(), None,
@@ -475,11 +533,29 @@ class Injectors:
             record.held = [r for (r,) in await self.observer.rows(
                 "SELECT run_id FROM werkfluss.queue WHERE worker_id = %s AND lease_id IS NOT NULL",
                 [worker_id])]
-            # Frozen until every run it held is seen held by another worker (or gone),
-            # at most a few leases.
-            deadline = time.monotonic() + 4 * self.settings.lease + 4
+            # Frozen until every run it held is seen held by another worker (or gone), at
+            # most two leases and the margin (a takeover takes one lease, two when the
+            # other workers' slots are busy).
+            deadline = time.monotonic() + 2 * self.settings.lease + self.settings.pickup_margin
+            overdue = time.monotonic() + self.settings.lease + self.settings.pickup_margin
             pending = set(record.held)
             while pending and time.monotonic() < deadline:
+                if time.monotonic() > overdue and not record.open_transactions:
+                    # Why is nobody taking them over? A transaction the frozen worker left open
+                    # keeps its queue rows locked, and SKIP LOCKED skips them.
+                    record.open_transactions = [
+                        f"backend {pid} {state} ({wait}) in a transaction for {age:.1f}s, locks on {rels}: "
+                        f"{query}"
+                        for pid, state, wait, age, rels, query in await self.observer.rows(
+                            "SELECT a.pid, a.state, coalesce(a.wait_event_type || ':' || a.wait_event, '-'),"
+                            "       extract(epoch FROM now() - a.xact_start)::float8,"
+                            "       (SELECT string_agg(DISTINCT c.relname, ',') FROM pg_locks l"
+                            "          JOIN pg_class c ON c.oid = l.relation"
+                            "         WHERE l.pid = a.pid AND c.relname NOT LIKE 'pg_%%'),"
+                            "       left(regexp_replace(a.query, '\\s+', ' ', 'g'), 120)"
+                            "  FROM pg_stat_activity a"
+                            " WHERE a.datname = current_database() AND a.application_name = 'werkfluss'"
+                            "   AND a.xact_start < now() - interval '1 second'")] or ["none"]
                 now_rows = await self.observer.rows(
                     "SELECT run_id, worker_id, lease_id IS NOT NULL FROM werkfluss.queue"
                     " WHERE run_id = ANY(%s)", [list(pending)])
@@ -495,6 +571,7 @@ class Injectors:
                 await asyncio.sleep(0.05)
             victim.thaw()
             record.resumed = time.time()
+            record.never = sorted(pending)
             self.faults.append(Fault(
                 "stop", record.stopped, record.resumed, victim.pid,
                 f"{victim.name} frozen {record.resumed - record.stopped:.1f}s holding "

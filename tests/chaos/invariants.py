@@ -173,6 +173,21 @@ def _wake_at(event: dict[str, Any]) -> float | None:
 
 # -- the checks --------------------------------------------------------------------------
 
+def self_takeovers(data: Collected) -> dict[str, list[tuple[float, int]]]:
+    """run -> (when, pid) of every ``worker.lease_taken_over`` in which a worker took a run
+    over from itself: its lease had expired while it was still executing the run."""
+    found: dict[str, list[tuple[float, int]]] = {}
+    for worker in data.workers:
+        shift = skew_seconds(worker["skew"])
+        for event in read_log(Path(worker["log"])):
+            if event.get("event") == "worker.lease_taken_over" \
+                    and event.get("previous_worker_id") == event.get("worker_id"):
+                stamp = log_time(event)
+                if stamp is not None and isinstance(event.get("run_id"), str):
+                    found.setdefault(event["run_id"], []).append((stamp - shift, worker["pid"]))
+    return found
+
+
 def check_all(data: Collected) -> list[Check]:
     identities = {run_id: identify(run_id, data.runs) for run_id in data.runs}
     return [
@@ -186,6 +201,7 @@ def check_all(data: Collected) -> list[Check]:
         check_pickup(data),
         check_hooks(data),
         check_cancels(data),
+        check_takeover(data),
         check_stale_worker(data),
         check_reexecutions(data, identities),
     ]
@@ -256,6 +272,7 @@ def check_logs(data: Collected, identities: dict[str, Identity | None]) -> Check
 def check_recorded_once(data: Collected, identities: dict[str, Identity | None]) -> Check:
     check = Check("recorded-once", "every (run, seq) holds one record, of an execution that really "
                                    "happened, and the workflow went on with exactly the recorded values")
+    selves = self_takeovers(data)
     for run_id, events in sorted(data.events.items()):
         seqs = Counter(e["seq"] for e in events)
         for seq, count in seqs.items():
@@ -282,8 +299,12 @@ def check_recorded_once(data: Collected, identities: dict[str, Identity | None])
             continue
         if run["status"] == "completed" and isinstance(run["result"], dict):
             if run["result"].get("trace") != trace:
+                twice = [pid for _, pid in selves.get(run_id, [])]
                 check.fail(run_id, f"{run_id}: the workflow went on with {run['result'].get('trace')}, "
-                                   f"the log holds {trace}")
+                                   f"the log holds {trace}"
+                                   + (f" (pid {twice[0]} took the run over from itself while executing it)"
+                                      if twice else ""),
+                           "self-takeover" if twice else None)
         elif run["status"] == "failed" and events and events[-1]["status"] == "failed":
             recorded = (events[-1]["error"] or {}).get("message")
             if (run["error"] or {}).get("message") != recorded:
@@ -293,8 +314,10 @@ def check_recorded_once(data: Collected, identities: dict[str, Identity | None])
         run = data.runs.get(run_id)
         recorded = any(e["seq"] == seq for e in data.events.get(run_id, []))
         if not recorded and (run is None or run["status"] != "cancelled"):
+            unfinished = run is not None and run["status"] not in ("completed", "failed", "cancelled")
             check.fail(run_id, f"{run_id} seq {seq}: {len(rows)} bodies ran, nothing recorded, and the run "
-                               f"is {run['status'] if run else 'missing'}")
+                               f"is {run['status'] if run else 'missing'}",
+                       "unfinished" if unfinished else None)
     return check
 
 
@@ -351,12 +374,20 @@ def check_sleeps(data: Collected, identities: dict[str, Identity | None]) -> Che
             if wake is None or seconds is None:
                 check.fail(run_id, f"{run_id} seq {event['seq']}: sleep record without a wake time")
                 continue
+            # The sleep began after the record before it committed (the workflow only goes on
+            # once a record is committed) and before its own record committed.
             began = wake - seconds
             committed = event["committed"]
-            if committed is not None and not (committed - 10.0 <= began <= committed + tolerance):
-                check.fail(run_id, f"{run_id} seq {event['seq']}: sleep of {seconds}s recorded wake_at "
-                                   f"{event['output']['wake_at']}, i.e. begun {began - committed:+.3f}s from "
-                                   f"its commit")
+            before = max((e["committed"] for e in events if e["seq"] < event["seq"] and e["committed"]),
+                         default=None)
+            if committed is not None and began > committed + tolerance:
+                check.fail(run_id, f"{run_id} seq {event['seq']}: sleep of {seconds}s, wake_at "
+                                   f"{event['output']['wake_at']}: began {began - committed:.3f}s after its "
+                                   f"own record committed")
+            elif before is not None and began < before - tolerance:
+                check.fail(run_id, f"{run_id} seq {event['seq']}: sleep of {seconds}s, wake_at "
+                                   f"{event['output']['wake_at']}: began {before - began:.3f}s before the "
+                                   f"record preceding it committed")
             following = by_seq.get(event["seq"] + 1)
             if following is None:
                 continue
@@ -376,7 +407,7 @@ def check_sleeps(data: Collected, identities: dict[str, Identity | None]) -> Che
 def check_drained(data: Collected) -> Check:
     check = Check("drained", f"every run ended within {data.settings.drain_timeout:.0f}s of the faults "
                              "stopping")
-    alive = {w["pid"] for w in data.workers if not w["killed"]}
+    alive = {w["pid"] for w in data.workers if w["alive_at_end"]}
     unfinished = {row[0] for row in data.pickup.unfinished}
     for row in data.pickup.unfinished:
         (run_id, status, waiting_on, worker_id, available_at, leased, claims, wakeups, children, last_seq,
@@ -388,10 +419,10 @@ def check_drained(data: Collected) -> Check:
             if run.get("created") and parent.get("committed"):
                 extra = (f"; created {run['created'] - parent['committed']:+.3f}s from the commit that "
                          f"made its parent {parent_status}")
-        elif leased and pid_of(worker_id) in alive:
-            tag = "held"  # by a worker that is up and renewing, yet nothing happens
         elif claimable:
-            tag = "claimable"
+            tag = "claimable"  # new, due, or its lease expired: any worker may claim it
+        elif leased and pid_of(worker_id) in alive:
+            tag = "held"  # by a worker that is up and renews the lease, yet nothing happens
         elif status == "waiting" and any(f"run:{u}" in (waiting_on or "") for u in unfinished):
             tag = "blocked"  # waits for a child that is itself stuck
         elif available_at not in (None, "infinity"):
@@ -492,6 +523,37 @@ def check_cancels(data: Collected) -> Check:
     return check
 
 
+def check_takeover(data: Collected) -> Check:
+    # Its lease runs out within one lease of the freeze; then a worker with a free slot
+    # claims it. A second lease allows for workers whose slots are all busy.
+    bound = 2 * data.settings.lease + data.settings.pickup_margin
+    check = Check("takeover", f"the runs of a SIGSTOPped worker were taken over by others within two "
+                              f"leases + margin = {bound:.1f}s of the freeze (unless the database or the "
+                              f"network was cut meanwhile)")
+    cuts = [f for f in data.faults if f.kind in ("restart", "terminate", "stall", "blip")]
+    delays: list[float] = []
+    for stop in data.stops:
+        if any(f.began <= stop.stopped + bound and f.ended >= stop.stopped for f in cuts):
+            check.info.append(f"pid {stop.pid} frozen at {stop.stopped - data.t0:.1f}s: not judged, the "
+                              f"database or network was cut meanwhile")
+            continue
+        for run_id, (seen, by) in sorted(stop.taken_over.items()):
+            delays.append(seen - stop.stopped)
+            if seen - stop.stopped > bound:
+                check.fail(run_id, f"{run_id}: held by frozen pid {stop.pid}, taken over by {by} only "
+                                   f"{seen - stop.stopped:.1f}s after the freeze")
+        for run_id in stop.never:
+            check.fail(run_id, f"{run_id}: held by frozen pid {stop.pid}, not taken over in the "
+                               f"{stop.resumed - stop.stopped:.1f}s it was frozen (then it was thawed)",
+                       "open-transaction" if stop.open_transactions not in ([], ["none"]) else None)
+        if stop.open_transactions:
+            check.info.append(f"pid {stop.pid} frozen at {stop.stopped - data.t0:.1f}s; sessions idle in "
+                              f"transaction while its runs waited: {'; '.join(stop.open_transactions)}")
+    if delays:
+        check.info.append(f"takeovers seen after {min(delays):.1f}-{max(delays):.1f}s ({len(delays)} runs)")
+    return check
+
+
 def check_stale_worker(data: Collected) -> Check:
     check = Check("stale-worker", "a SIGSTOPped worker wrote nothing for a run after another worker "
                                   "took it over (records and results carry the writer's pid)")
@@ -531,7 +593,7 @@ def check_stale_worker(data: Collected) -> Check:
                     continue
                 stale_bodies += sum(1 for r in rows if r["pid"] == stop.pid and seen < r["started"] < until)
         check.info.append(f"pid {stop.pid}: frozen {stop.resumed - stop.stopped:.1f}s holding "
-                          f"{len(stop.held)} runs, {len(takeovers)} seen taken over")
+                          f"{len(stop.held)} runs, {len(takeovers)} seen taken over or ended by another")
     if data.stops:
         check.info.append(f"step bodies the stale workers started after the takeover: {stale_bodies}")
     return check
@@ -576,6 +638,7 @@ def check_reexecutions(data: Collected, identities: dict[str, Identity | None]) 
                                  "fault that hit its worker (or at the run's cancel)")
     lease_grace = data.settings.lease + 1.0
     dropped = _dropped_as_cancelled(data)
+    selves = self_takeovers(data)
     by_kind: Counter[str] = Counter()
     reexecuted = 0
     bodies = 0
@@ -594,10 +657,18 @@ def check_reexecutions(data: Collected, identities: dict[str, Identity | None]) 
             if any(r["nonce"] == nonce for r in session):
                 continue
             began = session[0]["started"]
+            ended = run.get("status") in ("completed", "failed", "cancelled")
             if index + 1 < len(sessions):
                 until = sessions[index + 1][0]["started"]
             elif event is not None and event["committed"] is not None:
                 until = event["committed"]
+            elif not ended:
+                # The last execution of a step whose run never ended: that run is stuck
+                # ('drained' says why), and this execution with it.
+                check.fail(run_id, f"{run_id} seq {seq}: execution by pid {session[0]['pid']} started "
+                                   f"{began - data.t0:.2f}s, never recorded: the run did not end",
+                           "unfinished")
+                continue
             else:
                 until = run.get("committed") or data.ended
             pid = session[0]["pid"]
@@ -610,13 +681,15 @@ def check_reexecutions(data: Collected, identities: dict[str, Identity | None]) 
             near = [f"{f.kind}@{f.began - data.t0:.1f}s" for f in data.faults
                     if f.kind != "cancel" and abs(f.began - began) < 10]
             spurious = any(began <= t <= until for t in dropped.get((pid, run_id), []))
+            itself = any(p == pid and began - 1 <= t <= until + 1 for t, p in selves.get(run_id, []))
             check.fail(run_id, f"{run_id} seq {seq}: execution by pid {pid} (attempts "
                                f"{[r['attempt'] for r in session]}, started {began - data.t0:.2f}s) was "
                                f"abandoned and run again at {until - data.t0:.2f}s with no fault hitting pid "
                                f"{pid} in between (faults nearby: {near})"
                                + ("; that worker logged run.cancelled for it, and nobody cancelled it"
-                                  if spurious else ""),
-                       "spurious-cancel" if spurious else None)
+                                  if spurious else "")
+                               + ("; that worker took the run over from itself meanwhile" if itself else ""),
+                       "spurious-cancel" if spurious else "self-takeover" if itself else None)
     check.info.append(f"step bodies executed: {bodies}; re-executed beyond a fault-free run: {reexecuted}; "
                       f"abandoned executions by cause: {dict(by_kind) or 'none'}")
     return check

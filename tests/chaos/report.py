@@ -4,11 +4,12 @@ offending runs with the worker log lines that mention them."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .harness import log_time, read_log, skew_seconds
+from .harness import busy_share, log_time, read_log, skew_seconds
 from .invariants import Check, expected_bodies, identify
 from .scenario import Collected
 
@@ -151,7 +152,8 @@ def render(label: str, data: Collected, checks: list[Check], max_violations: int
         f"{bodies['re-executed']} re-executed",
         *claim_counts(data),
         f"duration: {data.ended - data.t0:.1f}s (faults for {data.pickup.calm - data.t0:.1f}s, drained "
-        f"{drained} after they stopped); workers started: {len(data.workers)}",
+        f"{drained} after they stopped; setup {data.t0 - data.began:.1f}s); workers started: "
+        f"{len(data.workers)}",
     ]
     lines += ["", "fault timeline (seconds from the start; k=kill r=restart t=terminate s=stall+reset "
               "b=blip p=SIGSTOP):"]
@@ -161,6 +163,12 @@ def render(label: str, data: Collected, checks: list[Check], max_violations: int
     text = " ".join(f"{letter}{at:.1f}" + (f"+{took:.1f}" if took >= 0.1 else "")
                     for at, letter, took in timeline)
     lines += [f"  {chunk}" for chunk in _wrap(text or "none", 100)]
+    window, drain = (busy_share(data.cpu.get("t0"), data.cpu.get("calm")),
+                     busy_share(data.cpu.get("calm"), data.cpu.get("drained")))
+    if window is not None:
+        lines.append(f"machine CPU busy: {window:.0%} during the faults, "
+                     + (f"{drain:.0%} after them" if drain is not None else "?")
+                     + f" ({os.cpu_count()} cores; other jobs on the machine count too)")
     if data.notes:
         lines += ["", "notes:", *(f"  {note}" for note in data.notes)]
     lines += ["", "invariants:"]

@@ -22,7 +22,19 @@ from werkfluss import Engine
 
 from . import plan
 from .app import EFFECTS_DDL
-from .harness import ROOT, Fault, Fleet, Injectors, Observer, Settings, StopRecord, pid_of, retrying
+from .harness import (
+    ROOT,
+    Fault,
+    Fleet,
+    Injectors,
+    Observer,
+    Settings,
+    StopRecord,
+    cpu_sample,
+    lock_faults,
+    pid_of,
+    retrying,
+)
 from .pg import OwnedPostgres
 from .proxy import ProxyProcess
 
@@ -48,8 +60,9 @@ class Collected:
     workload: list[plan.PlannedRun]
     database: str
     log_dir: Path
-    t0: float = 0.0
-    ended: float = 0.0
+    began: float = 0.0  # the scenario's setup began
+    t0: float = 0.0  # the workload and the faults began
+    ended: float = 0.0  # the runs had ended (or the wait for them had)
     offsets: tuple[float, float] = (0.0, 0.0)  # time.time() - time.monotonic(), at start and end
     faults: list[Fault] = field(default_factory=list)
     stops: list[StopRecord] = field(default_factory=list)
@@ -65,6 +78,7 @@ class Collected:
     hooks: dict[str, dict[str, Any]] = field(default_factory=dict)
     payloads: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     restarts: int = 0
+    cpu: dict[str, tuple[float, float] | None] = field(default_factory=dict)  # /proc/stat at t0, calm, end
 
     def mono_to_wall(self, mono: float) -> float:
         return mono + (self.offsets[0] + self.offsets[1]) / 2
@@ -73,6 +87,23 @@ class Collected:
     def clock_tolerance(self) -> float:
         """How far apart the monotonic-to-wall conversions may be, plus 2 ms."""
         return abs(self.offsets[0] - self.offsets[1]) + 0.002
+
+
+def dump(data: Collected, path: Path) -> None:
+    """Everything the invariants were checked on, as JSON, for a post-mortem."""
+    path.write_text(json.dumps({
+        "settings": data.settings.__dict__ | {"faults": sorted(data.settings.faults)},
+        "database": data.database, "began": data.began, "t0": data.t0, "ended": data.ended,
+        "calm": data.pickup.calm, "drained": data.pickup.drained, "gave_up": data.pickup.gave_up,
+        "offsets": data.offsets, "cpu": data.cpu,
+        "faults": [f.__dict__ for f in data.faults], "stops": [s.__dict__ for s in data.stops],
+        "workers": data.workers, "cancels": data.cancels, "sender": data.sender, "notes": data.notes,
+        "runs": data.runs, "events": data.events,
+        "effects": {f"{run_id} {seq}": rows for (run_id, seq), rows in data.effects.items()},
+        "hooks": data.hooks, "payloads": data.payloads,
+        "pickup": {"worst_idle": data.pickup.worst_idle, "worst": data.pickup.worst,
+                   "unfinished": data.pickup.unfinished},
+    }, default=str))
 
 
 def _offset() -> float:
@@ -128,13 +159,14 @@ class SenderProcess:
 
 
 async def run_scenario(settings: Settings, pg: OwnedPostgres, log_dir: Path) -> Collected:
+    began = time.time()
     rng = random.Random(settings.seed)
     workload = plan.make_workload(settings.runs, settings.spread, rng)
     database = f"chaos_{'_'.join(sorted(settings.faults)) or 'none'}_{secrets.token_hex(3)}"
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     direct = pg.dsn(database)
-    out = Collected(settings, workload, database, log_dir)
+    out = Collected(settings, workload, database, log_dir, began=began)
     restarts_before = pg.restarts
 
     async with Engine(direct) as engine:
@@ -148,6 +180,8 @@ async def run_scenario(settings: Settings, pg: OwnedPostgres, log_dir: Path) -> 
     observer = Observer(direct)
     sender: SenderProcess | None = None
     injectors: Injectors | None = None
+    supervising = asyncio.Event()
+    supervisor: asyncio.Task[None] | None = None
     try:
         for _ in range(settings.workers):
             fleet.spawn()
@@ -155,6 +189,7 @@ async def run_scenario(settings: Settings, pg: OwnedPostgres, log_dir: Path) -> 
             for skew in settings.skews:
                 fleet.spawn(skew)
         await _wait_started(fleet)
+        supervisor = asyncio.create_task(fleet.supervise(supervising))
         sender = SenderProcess(proxied, workload, log_dir)
         early = await sender.line(120)
         if early != "early-done":
@@ -163,6 +198,7 @@ async def run_scenario(settings: Settings, pg: OwnedPostgres, log_dir: Path) -> 
         out.offsets = (_offset(), 0.0)
         async with Engine(direct) as engine:
             out.t0 = time.time()
+            out.cpu["t0"] = cpu_sample()
             sender.go(out.t0)
             injectors = Injectors(settings, rng, fleet=fleet, pg=pg, proxy=proxy, observer=observer)
             injectors.start()
@@ -170,8 +206,10 @@ async def run_scenario(settings: Settings, pg: OwnedPostgres, log_dir: Path) -> 
             await asyncio.sleep(max(0.0, out.t0 + settings.seconds - time.time()))  # the fault window
             await injectors.stop()
             out.pickup.calm = time.time()
+            out.cpu["calm"] = cpu_sample()
             await driver
         await _drain(observer, fleet, settings, out)
+        out.cpu["drained"] = cpu_sample()
         try:
             done = await sender.line(60)
         except TimeoutError:
@@ -182,9 +220,15 @@ async def run_scenario(settings: Settings, pg: OwnedPostgres, log_dir: Path) -> 
         out.offsets = (out.offsets[0], _offset())
         out.ended = time.time()
     finally:
+        supervising.set()
+        if supervisor is not None:
+            await supervisor
+        out.notes.extend(f"supervisor: {line}" for line in fleet.exits)
+        alive_at_end = {w.pid for w in fleet.live if w.alive()}
         if injectors is not None:
             out.faults = injectors.faults + out.faults  # out.faults holds the cancels so far
             out.stops = injectors.stops
+            out.faults += lock_faults(injectors.stops)
             out.notes.extend(injectors.notes)
         fleet.close()
         if sender is not None:
@@ -193,7 +237,7 @@ async def run_scenario(settings: Settings, pg: OwnedPostgres, log_dir: Path) -> 
         out.restarts = pg.restarts - restarts_before
         out.workers = [
             {"name": w.name, "pid": w.pid, "skew": w.skew, "log": str(w.log_path), "started": w.started,
-             "ended": w.ended, "killed": w.killed}
+             "ended": w.ended, "killed": w.killed, "alive_at_end": w.pid in alive_at_end}
             for w in fleet.everyone
         ]
     await _collect(observer, out)
