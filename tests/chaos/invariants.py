@@ -558,6 +558,9 @@ def check_stale_worker(data: Collected) -> Check:
     check = Check("stale-worker", "a SIGSTOPped worker wrote nothing for a run after another worker "
                                   "took it over (records and results carry the writer's pid)")
     cancelled_by_test = {run_id: rec["began"] for run_id, rec in data.cancels.items()}
+    bodies_by_run: dict[str, list[list[dict[str, Any]]]] = {}
+    for (effect_run, _), rows in data.effects.items():
+        bodies_by_run.setdefault(effect_run, []).append(rows)
     stale_bodies = 0
     for stop in data.stops:
         log = next((w["log"] for w in data.workers if w["pid"] == stop.pid), None)
@@ -588,9 +591,7 @@ def check_stale_worker(data: Collected) -> Check:
                     and run["committed"] is not None and seen < run["committed"] < until:
                 check.fail(run_id, f"{run_id}: finished by stale pid {stop.pid} "
                                    f"{run['committed'] - seen:.2f}s after the takeover")
-            for (effect_run, _), rows in data.effects.items():
-                if effect_run != run_id:
-                    continue
+            for rows in bodies_by_run.get(run_id, []):
                 stale_bodies += sum(1 for r in rows if r["pid"] == stop.pid and seen < r["started"] < until)
         check.info.append(f"pid {stop.pid}: frozen {stop.resumed - stop.stopped:.1f}s holding "
                           f"{len(stop.held)} runs, {len(takeovers)} seen taken over or ended by another")

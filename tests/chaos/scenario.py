@@ -304,13 +304,13 @@ async def _drain(observer: Observer, fleet: Fleet, settings: Settings, out: Coll
     deadline = pickup.calm + settings.drain_timeout
     expected = len(out.workload)
     ready: set[int] = set()
-    idle_since: dict[str, float] = {}
+    idle_since: dict[str, tuple[float, int, float]] = {}  # run -> (available_at, claims, waiting since)
     last_full = pickup.calm
     last_change, snapshot = time.time(), None
     while True:
         rows = await observer.rows(
             "SELECT q.run_id, extract(epoch FROM q.available_at)::float8, q.lease_id::text, q.worker_id,"
-            "       r.status, extract(epoch FROM clock_timestamp())::float8"
+            "       r.status, extract(epoch FROM clock_timestamp())::float8, q.claims"
             "  FROM werkfluss.queue q JOIN werkfluss.runs r ON r.id = q.run_id")
         left = await observer.value(
             "SELECT count(*) FILTER (WHERE status NOT IN ('completed', 'failed', 'cancelled'))"
@@ -320,23 +320,26 @@ async def _drain(observer: Observer, fleet: Fleet, settings: Settings, out: Coll
         serving = {w.pid for w in fleet.live if w.pid in ready and w.alive()}
         if rows:
             now = rows[0][5]
-            held = sum(1 for _, avail, lease, wid, _, _ in rows
+            held = sum(1 for _, avail, lease, wid, _, _, _ in rows
                        if lease and avail > now and pid_of(wid) in serving)
             free = len(serving) * settings.concurrency - held
             if free <= 0:
                 last_full = now
-            for run_id, avail, _, _, _, _ in rows:
+            for run_id, avail, _, _, _, _, claims in rows:
                 if avail > now:
                     idle_since.pop(run_id, None)
                     continue
                 waited = now - max(avail, pickup.calm)
                 pickup.worst[run_id] = max(pickup.worst.get(run_id, 0.0), waited)
                 if free > 0:
-                    since = idle_since.setdefault(run_id, max(avail, pickup.calm, last_full))
+                    # Claimed (and handed back) between two looks: it waits afresh.
+                    if idle_since.get(run_id, (None, None, 0.0))[:2] != (avail, claims):
+                        idle_since[run_id] = (avail, claims, max(avail, pickup.calm, last_full))
+                    since = idle_since[run_id][2]
                     pickup.worst_idle[run_id] = max(pickup.worst_idle.get(run_id, 0.0), now - since)
                 else:
                     idle_since.pop(run_id, None)
-        state = (left, frozenset((r[0], r[2], r[3], r[4]) for r in rows))
+        state = (left, frozenset((r[0], r[2], r[3], r[4], r[6]) for r in rows))
         if state != snapshot:
             last_change, snapshot = time.time(), state
         if left == 0 and not rows:

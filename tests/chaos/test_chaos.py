@@ -25,7 +25,7 @@ window of ``WERKFLUSS_CHAOS_SECONDS`` (8). Environment:
 ``WERKFLUSS_CHAOS_WORKERS``, ``_CONCURRENCY``, ``_LEASE``, ``_POLL``, ``_SKEW``, ``_DRAIN``,
 ``_PICKUP_MARGIN``                     the knobs in ``harness.Settings``
 ``WERKFLUSS_CHAOS_QUIET``              stop waiting for runs to end after this many seconds
-                                       without any change (default 10)
+                                       without any change (default 6)
 ``WERKFLUSS_CHAOS_STRICT=1``           no expected failures: every broken invariant fails
 """
 
