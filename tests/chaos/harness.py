@@ -312,7 +312,7 @@ class Fleet:
         while not stopping.is_set():
             for worker in list(self.live):
                 code = worker.proc.poll()
-                if code is None or worker.killed:
+                if code is None or worker.killed or worker not in self.live:  # (replaced meanwhile)
                     continue
                 first = ""
                 with contextlib.suppress(OSError):
@@ -321,7 +321,10 @@ class Fleet:
                 self.live.remove(worker)
                 worker.ended = time.time()
                 await asyncio.sleep(0.5)  # like RestartSec
-                self.spawn(worker.skew)
+                try:
+                    self.spawn(worker.skew)
+                except OSError as err:
+                    self.exits.append(f"could not start a worker again: {err}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), 0.2)
 
@@ -447,7 +450,11 @@ class Injectors:
             await self._kill_one()
 
     async def _kill_one(self) -> None:
-        candidates = [w for w in self.fleet.live if w is not self._stop_in_progress and not w.frozen]
+        """SIGKILL a random worker that is serving (one still starting up if none is)."""
+        candidates = [w for w in self.fleet.live
+                      if w is not self._stop_in_progress and not w.frozen and w.alive()]
+        serving = [w for w in candidates if w.started_line() is not None]
+        candidates = serving or candidates
         if not candidates:
             return
         victim = self.rng.choice(candidates)

@@ -615,7 +615,7 @@ def _sessions(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 GRACE = {"kill": 0.0, "cancel": 1.0}  # others: a lease + 1 s (a cut-off worker may go on until it notices)
 
 
-def _dropped_as_cancelled(data: Collected) -> dict[tuple[int, str], list[float]]:
+def dropped_as_cancelled(data: Collected) -> dict[tuple[int, str], list[float]]:
     """(pid, run) -> when that worker logged ``run.cancelled`` for a run the test never
     cancelled (nor any of its ancestors); times corrected for a skewed worker's clock."""
     cancelled = set(data.cancels)
@@ -638,9 +638,10 @@ def check_reexecutions(data: Collected, identities: dict[str, Identity | None]) 
     check = Check("reexecution", "a step body ran again only if the execution before it was in flight at a "
                                  "fault that hit its worker (or at the run's cancel)")
     lease_grace = data.settings.lease + 1.0
-    dropped = _dropped_as_cancelled(data)
+    dropped = dropped_as_cancelled(data)
     selves = self_takeovers(data)
     by_kind: Counter[str] = Counter()
+    per_fault: Counter[int] = Counter()
     reexecuted = 0
     bodies = 0
     for (run_id, seq), rows in sorted(data.effects.items()):
@@ -678,6 +679,7 @@ def check_reexecutions(data: Collected, identities: dict[str, Identity | None]) 
                       and f.ended + GRACE.get(f.kind, lease_grace) >= began]
             if causes:
                 by_kind[causes[0].kind] += 1
+                per_fault[id(causes[0])] += len(session)
                 continue
             near = [f"{f.kind}@{f.began - data.t0:.1f}s" for f in data.faults
                     if f.kind != "cancel" and abs(f.began - began) < 10]
@@ -693,4 +695,12 @@ def check_reexecutions(data: Collected, identities: dict[str, Identity | None]) 
                        "spurious-cancel" if spurious else "self-takeover" if itself else None)
     check.info.append(f"step bodies executed: {bodies}; re-executed beyond a fault-free run: {reexecuted}; "
                       f"abandoned executions by cause: {dict(by_kind) or 'none'}")
+    # The bound: a worker holds at most `concurrency` runs, each with at most FAN_WIDTH step
+    # bodies in flight at once (a fan-out), so one fault that hits one worker can leave at
+    # most concurrency x FAN_WIDTH bodies abandoned.
+    kills = [f for f in data.faults if f.kind == "kill"]
+    if kills:
+        worst = max(per_fault.get(id(f), 0) for f in kills)
+        check.info.append(f"most bodies abandoned by one kill: {worst} (bound: concurrency x fan-out = "
+                          f"{data.settings.concurrency * plan.FAN_WIDTH})")
     return check

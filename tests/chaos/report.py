@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .harness import busy_share, log_time, read_log, skew_seconds
-from .invariants import Check, expected_bodies, identify
+from .invariants import Check, dropped_as_cancelled, expected_bodies, identify, self_takeovers
 from .scenario import Collected
 
 EVIDENCE_EVENTS = {
@@ -38,6 +38,7 @@ def fault_counts(data: Collected) -> dict[str, str]:
         "skewed-clock workers": (f"{len(skewed)} ({', '.join(sorted({w['skew'] for w in skewed}))})"
                                  if skewed else "0"),
         "cancels": str(faults["cancel"]),
+        "workers restarted after exiting": str(sum(1 for n in data.notes if n.startswith("supervisor:"))),
     }
 
 
@@ -80,13 +81,18 @@ def claim_counts(data: Collected) -> list[str]:
             if event.get("event") == "run.claimed" and isinstance(event.get("run_id"), str):
                 per_run[event["run_id"]] += 1
                 by_worker.setdefault(event["run_id"], Counter())[worker["name"]] += 1
+    cancelled = sum(len(v) for v in dropped_as_cancelled(data).values())
+    selves = sum(len(v) for v in self_takeovers(data).values())
+    oddities = (f"; run.cancelled for runs nobody cancelled: {cancelled}; "
+                f"lease_taken_over from itself: {selves}")
     if not per_run:
-        return ["claims: none logged"]
+        return ["claims: none logged" + oddities]
     top = per_run.most_common(3)
     described = ", ".join(
         f"{run} {count}x ({', '.join(f'{w} {c}' for w, c in by_worker[run].most_common(3))})"
         for run, count in top)
-    return [f"claims: {sum(per_run.values())} in all for {len(per_run)} runs; most claimed: {described}"]
+    return [f"claims: {sum(per_run.values())} in all for {len(per_run)} runs; most claimed: {described}"
+            + oddities]
 
 
 def _table(rows: list[list[str]]) -> list[str]:
