@@ -439,6 +439,18 @@ class Injectors:
                 worker.thaw()
         self.proxy.resume()
 
+    async def abort(self) -> None:
+        """After an error: stop injecting at once, leave nothing frozen or stalled."""
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for worker in self.fleet.live:
+            if worker.frozen:
+                worker.thaw()
+        with contextlib.suppress(Exception):
+            self.proxy.resume()
+
     async def _pause(self, low: float, high: float) -> bool:
         """Wait a random time (the schedule, not a wait for a state); False once stopping."""
         with contextlib.suppress(TimeoutError):

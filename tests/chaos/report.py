@@ -35,7 +35,8 @@ def fault_counts(data: Collected) -> dict[str, str]:
         "proxy stalls then resets": str(faults["stall"]),
         "proxy blips (stall, resume)": str(faults["blip"]),
         "SIGSTOP past the lease": f"{faults['stop']} ({held} runs held, {taken} seen taken over)",
-        "skewed-clock workers": (f"{len(skewed)} ({', '.join(sorted({w['skew'] for w in skewed}))})"
+        "skewed-clock workers": (f"{len(data.settings.skews)} at a time "
+                                 f"({', '.join(data.settings.skews)}; {len(skewed)} processes in all)"
                                  if skewed else "0"),
         "cancels": str(faults["cancel"]),
         "workers restarted after exiting": str(sum(1 for n in data.notes if n.startswith("supervisor:"))),
@@ -106,17 +107,19 @@ def evidence(data: Collected, run_ids: list[str], per_run: int = 12) -> list[str
     logs = [(w["name"], w["pid"], skew_seconds(w["skew"]), read_log(Path(w["log"]))) for w in data.workers]
     for run_id in run_ids:
         found: list[tuple[float, str]] = []
+        skewed = False
         for name, pid, shift, events in logs:
             for event in events:
                 if event.get("run_id") == run_id and event.get("event") in EVIDENCE_EVENTS:
                     stamp = (log_time(event) or 0.0) - shift  # in order on the real clock
+                    skewed = skewed or bool(shift)
                     rest = {k: v for k, v in event.items()
                             if k not in ("event", "run_id", "timestamp", "level", "workflow")}
                     found.append((stamp, f"{event.get('timestamp', '?')} {name}[{pid}] "
                                          f"{event['event']} {rest}"))
         found.sort()
         lines.append(f"    {run_id}: {len(found)} log lines" + ("" if found else " (none)")
-                     + (" (a skewed worker's lines carry its own clock)" if any(x[2] for x in logs) else ""))
+                     + (" (a skewed worker's lines carry its own clock)" if skewed else ""))
         if len(found) > per_run:
             lines.append(f"      … {len(found) - per_run} earlier lines")
         lines.extend("      " + text[:300] for _, text in found[-per_run:])
@@ -176,13 +179,19 @@ def render(label: str, data: Collected, checks: list[Check], max_violations: int
                      + (f"{drain:.0%} after them" if drain is not None else "?")
                      + f" ({os.cpu_count()} cores; other jobs on the machine count too)")
     if data.notes:
-        lines += ["", "notes:", *(f"  {note}" for note in data.notes)]
+        exits = [n for n in data.notes if n.startswith("supervisor:")]
+        others = [n for n in data.notes if not n.startswith("supervisor:")]
+        lines += ["", "notes:", *(f"  {note}" for note in others)]
+        if exits:
+            lines.append(f"  {len(exits)} workers exited on their own and were started again, e.g.:")
+            lines.extend(f"    {note[:200]}" for note in exits[:3])
     lines += ["", "invariants:"]
     for check in checks:
         mark = "ok  " if check.ok else "FAIL"
         count = "" if check.ok else f" ({len(check.violations)})"
         lines.append(f"  [{mark}] {check.name}{count}: {check.description}")
-        lines.extend(f"           {info}" for info in check.info)
+        shown = check.info if len(check.info) <= 10 else [*check.info[:4], "…", *check.info[-4:]]
+        lines.extend(f"           {info}" for info in shown)
         for violation in check.violations[:max_violations]:
             lines.append(f"         - {violation}")
         if len(check.violations) > max_violations:

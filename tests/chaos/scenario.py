@@ -182,6 +182,8 @@ async def run_scenario(settings: Settings, pg: OwnedPostgres, log_dir: Path) -> 
     injectors: Injectors | None = None
     supervising = asyncio.Event()
     supervisor: asyncio.Task[None] | None = None
+    driver: asyncio.Task[None] | None = None
+    calm = False
     try:
         for _ in range(settings.workers):
             fleet.spawn()
@@ -205,6 +207,7 @@ async def run_scenario(settings: Settings, pg: OwnedPostgres, log_dir: Path) -> 
             driver = asyncio.create_task(_drive(engine, workload, out))
             await asyncio.sleep(max(0.0, out.t0 + settings.seconds - time.time()))  # the fault window
             await injectors.stop()
+            calm = True
             out.pickup.calm = time.time()
             out.cpu["calm"] = cpu_sample()
             await driver
@@ -220,6 +223,11 @@ async def run_scenario(settings: Settings, pg: OwnedPostgres, log_dir: Path) -> 
         out.offsets = (out.offsets[0], _offset())
         out.ended = time.time()
     finally:
+        if injectors is not None and not calm:
+            await injectors.abort()
+        if driver is not None and not driver.done():
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
         supervising.set()
         if supervisor is not None:
             await supervisor
