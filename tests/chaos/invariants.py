@@ -201,6 +201,7 @@ def check_all(data: Collected) -> list[Check]:
         check_pickup(data),
         check_hooks(data),
         check_cancels(data),
+        check_claim_loops(data),
         check_takeover(data),
         check_stale_worker(data),
         check_reexecutions(data, identities),
@@ -520,6 +521,34 @@ def check_cancels(data: Collected) -> Check:
         answered_false_after_error = answers and answers[-1] is False and len(answers) > 1
         if not answers or (answers[-1] is not True and not answered_false_after_error):
             check.fail(run.run_id, f"{run.run_id}: cancel answered {answers}")
+    return check
+
+
+LOOP_CLAIMS, LOOP_SECONDS = 5, 5.0
+
+
+def check_claim_loops(data: Collected) -> Check:
+    check = Check("claim-loop", f"no worker claimed one run {LOOP_CLAIMS} times within {LOOP_SECONDS:g}s "
+                                f"without recording anything for it in between (a claim/suspend loop)")
+    for worker in data.workers:
+        shift = skew_seconds(worker["skew"])
+        claims: dict[str, list[float]] = {}
+        for event in read_log(Path(worker["log"])):
+            if event.get("event") == "run.claimed" and isinstance(event.get("run_id"), str):
+                stamp = log_time(event)
+                if stamp is not None:
+                    claims.setdefault(event["run_id"], []).append(stamp - shift)
+        for run_id, times in sorted(claims.items()):
+            times.sort()
+            commits = [e["committed"] for e in data.events.get(run_id, []) if e["committed"]]
+            for i in range(len(times) - LOOP_CLAIMS + 1):
+                first, last = times[i], times[i + LOOP_CLAIMS - 1]
+                if last - first <= LOOP_SECONDS and not any(first < c < last for c in commits):
+                    clock = worker["skew"] or "right"
+                    check.fail(run_id, f"{run_id}: claimed {LOOP_CLAIMS} times in {last - first:.1f}s by "
+                                       f"{worker['name']} (pid {worker['pid']}, clock {clock}), nothing "
+                                       f"recorded in between", "skewed" if worker["skew"] else None)
+                    break
     return check
 
 

@@ -62,7 +62,8 @@ BUGS = {
     "E": "a worker thawed after SIGSTOP starts step bodies of runs already taken over, after their "
          "records committed",
     "F": "a durable sleep's wake time comes from the worker's clock: a worker 120 s ahead makes a 0.3 s "
-         "sleep last two minutes, one 120 s behind skips it",
+         "sleep last two minutes, one 120 s behind skips it; a worker whose clock is behind claims a run "
+         "whose recorded wake time it thinks is still to come and suspends it again, in a loop",
     "G": "a worker frozen in the middle of a write transaction (its group commit) keeps its queue rows "
          "locked; SKIP LOCKED passes over them, so its runs are not taken over until it resumes",
     "H": "a worker whose own lease expired while it still executes a run (its writes stalled) claims the "
@@ -89,6 +90,7 @@ KNOWN = [
     Known("E", "no-body-after-record", "stale-after-thaw", frozenset({"stop"})),
     Known("F", "sleeps", None, frozenset({"skew"})),
     Known("F", "drained", "asleep", frozenset({"skew"})),
+    Known("F", "claim-loop", "skewed", frozenset({"skew"})),
     Known("G", "takeover", "open-transaction", frozenset({"stop"})),
     Known("H", "recorded-once", "self-takeover", _CUTS | {"stop"}),
     Known("H", "reexecution", "self-takeover", _CUTS | {"stop"}),
