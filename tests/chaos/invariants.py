@@ -630,15 +630,21 @@ def check_stale_worker(data: Collected) -> Check:
 
 
 def _sessions(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Consecutive attempts by one process form a session (a takeover starts a new one)."""
+    """Consecutive attempts by one process form a session (a claim starts a new one, at
+    attempt 1). Sessions of different processes may overlap in time (a stale worker going
+    on beside the one that took over); they are ordered by their first start."""
     sessions: list[list[dict[str, Any]]] = []
-    for row in rows:
-        last = sessions[-1][-1] if sessions else None
-        if last is not None and last["pid"] == row["pid"] and row["attempt"] == last["attempt"] + 1:
-            sessions[-1].append(row)
-        else:
-            sessions.append([row])
-    return sessions
+    by_pid: dict[int, list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: r["started"]):
+        by_pid.setdefault(row["pid"], []).append(row)
+    for own in by_pid.values():
+        for row in own:
+            last = sessions[-1][-1] if sessions and sessions[-1][-1]["pid"] == row["pid"] else None
+            if last is not None and row["attempt"] == last["attempt"] + 1:
+                sessions[-1].append(row)
+            else:
+                sessions.append([row])
+    return sorted(sessions, key=lambda s: s[0]["started"])
 
 
 GRACE = {"kill": 0.0, "cancel": 1.0}  # others: a lease + 1 s (a cut-off worker may go on until it notices)
@@ -684,13 +690,15 @@ def check_reexecutions(data: Collected, identities: dict[str, Identity | None]) 
         reexecuted += max(0, len(rows) - expected_bodies(who, seq, rows[0]["step"]))
         sessions = _sessions(rows)
         run = data.runs.get(run_id, {})
-        for index, session in enumerate(sessions):
+        for session in sessions:
             if any(r["nonce"] == nonce for r in session):
                 continue
             began = session[0]["started"]
             ended = run.get("status") in ("completed", "failed", "cancelled")
-            if index + 1 < len(sessions):
-                until = sessions[index + 1][0]["started"]
+            # It was given up for the next execution that began after its last attempt did.
+            later = [s[0]["started"] for s in sessions if s[0]["started"] > session[-1]["started"]]
+            if later:
+                until = min(later)
             elif event is not None and event["committed"] is not None:
                 until = event["committed"]
             elif not ended:
