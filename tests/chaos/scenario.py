@@ -223,25 +223,30 @@ async def run_scenario(settings: Settings, pg: OwnedPostgres, log_dir: Path) -> 
         out.offsets = (out.offsets[0], _offset())
         out.ended = time.time()
     finally:
-        if injectors is not None and not calm:
-            await injectors.abort()
-        if driver is not None and not driver.done():
-            driver.cancel()
-            await asyncio.gather(driver, return_exceptions=True)
-        supervising.set()
-        if supervisor is not None:
-            await supervisor
-        out.notes.extend(f"supervisor: {line}" for line in fleet.exits)
-        alive_at_end = {w.pid for w in fleet.live if w.alive()}
-        if injectors is not None:
-            out.faults = injectors.faults + out.faults  # out.faults holds the cancels so far
-            out.stops = injectors.stops
-            out.faults += lock_faults(injectors.stops)
-            out.notes.extend(injectors.notes)
-        fleet.close()
-        if sender is not None:
-            sender.close()
-        proxy.close()
+        alive_at_end: set[int] = set()
+        try:
+            if injectors is not None and not calm:
+                await injectors.abort()
+            if driver is not None and not driver.done():
+                driver.cancel()
+                await asyncio.gather(driver, return_exceptions=True)
+            supervising.set()
+            if supervisor is not None:
+                for result in await asyncio.gather(supervisor, return_exceptions=True):
+                    if isinstance(result, BaseException):
+                        out.notes.append(f"the supervisor crashed: {result!r}")
+            out.notes.extend(f"supervisor: {line}" for line in fleet.exits)
+            alive_at_end = {w.pid for w in fleet.live if w.alive()}
+            if injectors is not None:
+                out.faults = injectors.faults + out.faults  # out.faults holds the cancels so far
+                out.stops = injectors.stops
+                out.faults += lock_faults(injectors.stops)
+                out.notes.extend(injectors.notes)
+        finally:  # whatever happened: no process of ours outlives the scenario
+            fleet.close()
+            if sender is not None:
+                sender.close()
+            proxy.close()
         out.restarts = pg.restarts - restarts_before
         out.workers = [
             {"name": w.name, "pid": w.pid, "skew": w.skew, "log": str(w.log_path), "started": w.started,
