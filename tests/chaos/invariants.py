@@ -695,9 +695,14 @@ def check_reexecutions(data: Collected, identities: dict[str, Identity | None]) 
                 continue
             began = session[0]["started"]
             ended = run.get("status") in ("completed", "failed", "cancelled")
-            # It was given up for the next execution that began after its last attempt did.
+            # It was given up for the execution that was recorded, if that one began after its
+            # last attempt; else for the next that did (a stale worker's parallel execution
+            # is no such reason).
+            recorded = next((s for s in sessions if any(r["nonce"] == nonce for r in s)), None)
             later = [s[0]["started"] for s in sessions if s[0]["started"] > session[-1]["started"]]
-            if later:
+            if recorded is not None and recorded[0]["started"] > session[-1]["started"]:
+                until = recorded[0]["started"]
+            elif later:
                 until = min(later)
             elif event is not None and event["committed"] is not None:
                 until = event["committed"]
