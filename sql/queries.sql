@@ -107,8 +107,10 @@ WITH picked AS (
  RETURNING r.id, r.workflow, r.args, r.kwargs, r.deadline, r.parent_id, r.started_at
 )
 SELECT s.id AS run_id, s.workflow, s.args, s.kwargs, s.deadline, s.parent_id, s.started_at,
-       l.lease_id, l.claims, l.wakeups, l.previous_lease_id, l.previous_worker_id,
-       i.inbox, i.children, clock_timestamp() AS db_now,
+       l.lease_id, l.claims, l.previous_lease_id, l.previous_worker_id,
+       -- The wake-up count from the same snapshot as the inputs: an event newer
+       -- than what is read here shows as a higher count later (see suspend_runs).
+       i.wakeups, i.inbox, i.children, clock_timestamp() AS db_now,
        EXISTS (SELECT 1 FROM werkfluss.events e WHERE e.run_id = s.id) AS has_log
   FROM started s
   JOIN leased l ON l.run_id = s.id
@@ -415,9 +417,9 @@ SELECT coalesce(array_agg(x.run_id), '{}') AS run_ids,
 
 -- name: worker_register
 -- A worker starts: its row in the workers table (the id is new each start).
-INSERT INTO werkfluss.workers (id, host, pid, version, workflows, concurrency, lease_seconds)
+INSERT INTO werkfluss.workers (id, host, pid, version, workflows, concurrency, lease_seconds, app_name)
 VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(workflows)s::text[], %(concurrency)s,
-        %(lease_seconds)s)
+        %(lease_seconds)s, %(app_name)s)
 ON CONFLICT (id) DO UPDATE
    SET state = 'running', heartbeat_at = now(), stopped_at = NULL
 RETURNING clock_timestamp() AS db_now;

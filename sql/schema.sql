@@ -86,6 +86,11 @@ BEGIN
     IF cardinality(dead) = 0 THEN
         RETURN 0;
     END IF;
+    -- End what the dead workers left open; their row locks go with them.
+    PERFORM pg_terminate_backend(a.pid)
+       FROM pg_stat_activity a
+       JOIN werkfluss.workers w ON w.app_name = a.application_name
+      WHERE w.id = ANY(dead) AND a.datname = current_database() AND a.pid <> pg_backend_pid();
     -- worker_id stays: the next claim reports whose run it took over.
     WITH freed AS (
         UPDATE werkfluss.queue q
@@ -534,6 +539,7 @@ CREATE TABLE werkfluss.workers (
     runs_held integer DEFAULT 0 NOT NULL,
     state text DEFAULT 'running'::text NOT NULL,
     stopped_at timestamp with time zone,
+    app_name text,
     CONSTRAINT workers_lease_seconds_check CHECK ((lease_seconds > (0)::double precision)),
     CONSTRAINT workers_state_check CHECK ((state = ANY (ARRAY['running'::text, 'stopping'::text, 'stopped'::text, 'dead'::text])))
 )

@@ -19,7 +19,11 @@ CREATE TABLE werkfluss.workers (
     runs_held     integer NOT NULL DEFAULT 0,
     state         text NOT NULL DEFAULT 'running'
                   CHECK (state IN ('running', 'stopping', 'stopped', 'dead')),
-    stopped_at    timestamptz
+    stopped_at    timestamptz,
+    -- The application_name of the connections it writes through: when it is
+    -- declared dead, those sessions are ended, so that a transaction it left
+    -- open (frozen in the middle of a write) releases its locks at once.
+    app_name      text
 ) WITH (fillfactor = 50);
 
 -- A run held by a worker has available_at = 'infinity': the queue's index is
@@ -92,6 +96,11 @@ BEGIN
     IF cardinality(dead) = 0 THEN
         RETURN 0;
     END IF;
+    -- End what the dead workers left open; their row locks go with them.
+    PERFORM pg_terminate_backend(a.pid)
+       FROM pg_stat_activity a
+       JOIN werkfluss.workers w ON w.app_name = a.application_name
+      WHERE w.id = ANY(dead) AND a.datname = current_database() AND a.pid <> pg_backend_pid();
     -- worker_id stays: the next claim reports whose run it took over.
     WITH freed AS (
         UPDATE werkfluss.queue q

@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from werkfluss.limits import CHILD_ID_SEPARATOR as CHILD
+
 from . import plan
 from .harness import log_time, pid_of, read_log, skew_seconds
 from .scenario import Collected
@@ -52,8 +54,8 @@ class Identity:
 
 
 def identify(run_id: str, runs: dict[str, dict[str, Any]]) -> Identity | None:
-    if ":" in run_id:
-        parent_id, _, seq_text = run_id.rpartition(":")
+    if CHILD in run_id:
+        parent_id, _, seq_text = run_id.rpartition(CHILD)
         parent = identify(parent_id, runs)
         if parent is None or not seq_text.isdigit():
             return None
@@ -90,21 +92,28 @@ def expected_log(who: Identity) -> list[Entry]:
     if who.kind == "approval":
         token = plan.approval_token(n)
         head = [(1, "hook", token, "completed"), (2, "step", "chaos.approval_step", "completed")]
-        if plan.approval_mode(n) == "timeout":  # wait(timeout=): a race of the wait (seq 3) and a sleep
-            return [*head, (4, "sleep", "sleep", "completed"), (5, "race", "race", "completed"),
-                    (6, "step", "chaos.approval_step", "completed")]
+        if plan.approval_mode(n) == "timeout":
+            # wait(timeout=): the wait (seq 3) races a durable timer (seq 4); the
+            # timer fires first and the wait, never received, records nothing.
+            return [*head, (4, "sleep", "sleep", "completed"),
+                    (5, "step", "chaos.approval_step", "completed")]
         return [*head, (3, "receive", token, "completed"), (4, "step", "chaos.approval_step", "completed")]
     if who.kind == "parent":
-        return [*((s, "child", "chaos.kid", "completed") for s in range(1, plan.KIDS + 1)),
+        # A child's record is written when its outcome reaches the parent: failed
+        # if the child failed (the parent catches the RunFailed).
+        return [*((s, "child", "chaos.kid", "failed" if plan.kid_fails(n, s - 1) else "completed")
+                  for s in range(1, plan.KIDS + 1)),
                 (plan.KIDS + 1, "step", "chaos.parent_step", "completed")]
     if who.kind == "kid":
         last = ((3, "step", "chaos.kid_refuses", "failed") if plan.kid_fails(n, who.j)
                 else (3, "step", "chaos.kid_step", "completed"))
         return [(1, "step", "chaos.kid_step", "completed"), (2, "sleep", "sleep", "completed"), last]
     if who.kind == "doomed":
-        middle = ((2, "child", "chaos.doomed_kid", "completed") if plan.doomed_waits_on_child(n)
-                  else (2, "sleep", "sleep", "completed"))
-        return [(1, "step", "chaos.doomed_step", "completed"), middle]
+        # Cancelled while it waits: on its sleep (recorded when it starts), or on its
+        # child (recorded only when the child's outcome reaches it: never, here).
+        if plan.doomed_waits_on_child(n):
+            return [(1, "step", "chaos.doomed_step", "completed")]
+        return [(1, "step", "chaos.doomed_step", "completed"), (2, "sleep", "sleep", "completed")]
     if who.kind == "doomed_kid":
         return [(1, "hook", plan.doomed_token(n), "completed")]
     raise AssertionError(who)
@@ -237,10 +246,10 @@ def check_outcomes(data: Collected, identities: dict[str, Identity | None]) -> C
                                    f"expected {error_type}: {message}…")
         if who.kind == "parent" and run["status"] == "completed":
             kids = sorted(r for r, info in data.runs.items() if info["parent_id"] == run_id)
-            wanted = [f"{run_id}:{s}" for s in range(1, plan.KIDS + 1)]
+            wanted = [f"{run_id}{CHILD}{s}" for s in range(1, plan.KIDS + 1)]
             if kids != wanted:
                 check.fail(run_id, f"{run_id}: child runs {kids}, expected {wanted}")
-        if ":" in run_id and run["parent_id"] != run_id.rpartition(":")[0]:
+        if CHILD in run_id and run["parent_id"] != run_id.rpartition(CHILD)[0]:
             check.fail(run_id, f"{run_id}: parent_id {run['parent_id']!r}")
     return check
 
@@ -358,6 +367,13 @@ def check_log_closed(data: Collected) -> Check:
     return check
 
 
+# How long an outcome's record may take to commit after the outcome reached the
+# workflow, beyond the worker's lease (a write retried through a cut stops once
+# the worker's heartbeat no longer vouches for it, at the latest a lease later):
+# a sleep that began from that outcome is at most this far ahead of the commit.
+OUTCOME_TO_COMMIT = 5.0
+
+
 def check_sleeps(data: Collected, identities: dict[str, Identity | None]) -> Check:
     check = Check("sleeps", "a durable sleep's wake time is its start plus its duration on the "
                             "database's clock, and nothing after it started before that time")
@@ -375,8 +391,10 @@ def check_sleeps(data: Collected, identities: dict[str, Identity | None]) -> Che
             if wake is None or seconds is None:
                 check.fail(run_id, f"{run_id} seq {event['seq']}: sleep record without a wake time")
                 continue
-            # The sleep began after the record before it committed (the workflow only goes on
-            # once a record is committed) and before its own record committed.
+            # The sleep began no later than its own record committed. (It may begin a
+            # moment before the record preceding it commits: an outcome reaches the
+            # workflow as soon as it is known, while its record is being written;
+            # what must wait for commits is step bodies, checked elsewhere.)
             began = wake - seconds
             committed = event["committed"]
             before = max((e["committed"] for e in events if e["seq"] < event["seq"] and e["committed"]),
@@ -385,7 +403,8 @@ def check_sleeps(data: Collected, identities: dict[str, Identity | None]) -> Che
                 check.fail(run_id, f"{run_id} seq {event['seq']}: sleep of {seconds}s, wake_at "
                                    f"{event['output']['wake_at']}: began {began - committed:.3f}s after its "
                                    f"own record committed")
-            elif before is not None and began < before - tolerance:
+            elif (before is not None
+                  and began < before - tolerance - OUTCOME_TO_COMMIT - 2 * data.settings.lease):
                 check.fail(run_id, f"{run_id} seq {event['seq']}: sleep of {seconds}s, wake_at "
                                    f"{event['output']['wake_at']}: began {before - began:.3f}s before the "
                                    f"record preceding it committed")
@@ -416,7 +435,7 @@ def check_drained(data: Collected) -> Check:
         extra = ""
         if parent_status in ("completed", "failed", "cancelled"):
             tag = "orphan"
-            run, parent = data.runs.get(run_id, {}), data.runs.get(run_id.rpartition(":")[0], {})
+            run, parent = data.runs.get(run_id, {}), data.runs.get(run_id.rpartition(CHILD)[0], {})
             if run.get("created") and parent.get("committed"):
                 extra = (f"; created {run['created'] - parent['committed']:+.3f}s from the commit that "
                          f"made its parent {parent_status}")

@@ -41,6 +41,13 @@ from werkfluss.store.queries import QUERIES
 
 Row = dict[str, Any]
 
+RECONNECT_TIMEOUT = 1.5  # seconds a pool keeps retrying in the background before reconnecting on demand
+
+
+def _quietly(pool: Any) -> None:
+    """The pool gave up its background retries (it reconnects on demand)."""
+
+
 # Queries that change nothing: safe to run again after a lost connection.
 READ_ONLY = frozenset({
     "get_run", "list_runs", "list_events", "list_steps", "read_logs", "run_inputs", "next_due",
@@ -185,6 +192,7 @@ class Connector:
         max_size: int = 10,
         application_name: str = "werkfluss",
         connect_timeout: float = 10.0,
+        acquire_timeout: float | None = None,
     ) -> None:
         self.dsn = dsn
         self.description = describe_dsn(dsn)
@@ -193,6 +201,8 @@ class Connector:
         self._max_size = max_size
         self._application_name = application_name
         self._connect_timeout = connect_timeout
+        # How long a query waits for a free (or new) connection from the pool.
+        self._acquire_timeout = connect_timeout if acquire_timeout is None else acquire_timeout
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] | None = None
         self._healing: asyncio.Task[None] | None = None
         self.heals = 0  # times the pool was checked after a lost connection
@@ -222,6 +232,12 @@ class Connector:
             open=False,
             timeout=self._connect_timeout,
             name=self._application_name,
+            # The pool retries a lost connection with a doubling backoff (1, 2, 4 s
+            # ...); giving that up after a moment makes it connect again as soon as
+            # a query needs one, so work resumes within a second of the server
+            # coming back instead of at the next step of the backoff.
+            reconnect_timeout=RECONNECT_TIMEOUT,
+            reconnect_failed=_quietly,
         )
         try:
             await pool.open(wait=True, timeout=self._connect_timeout)
@@ -230,11 +246,12 @@ class Connector:
             raise self._unavailable(err) from None
         self._pool = pool
 
-    def sibling(self, *, max_size: int, application_name: str) -> Connector:
+    def sibling(self, *, max_size: int, application_name: str,
+                acquire_timeout: float | None = None) -> Connector:
         """A separate, small pool to the same database: a short path that
-        slow work on this pool cannot block (worker heartbeats use one)."""
+        slow work on this pool cannot block (a worker's heartbeat, its writes)."""
         return Connector(self.dsn, min_size=1, max_size=max_size, application_name=application_name,
-                         connect_timeout=self._connect_timeout)
+                         connect_timeout=self._connect_timeout, acquire_timeout=acquire_timeout)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -275,7 +292,7 @@ class Connector:
                 " or `await engine.open()` first"
             )
         try:
-            async with self._pool.connection() as conn:
+            async with self._pool.connection(timeout=self._acquire_timeout) as conn:
                 yield conn
         except PoolTimeout as err:
             raise self._unavailable(err) from None

@@ -27,7 +27,7 @@ from typing import Any
 from werkfluss import telemetry
 from werkfluss.errors import DatabaseBusy, DatabaseUnavailable, LeaseLost, RecordRefused
 from werkfluss.store.connector import Connector, Params
-from werkfluss.store.writes import ORDER, CreateHook, Write
+from werkfluss.store.writes import ORDER, CreateHook, FinishRun, ReleaseRun, Write
 
 
 class Recorder:
@@ -54,6 +54,12 @@ class Recorder:
         self._max_batch = max_batch
         self._alive = alive
         self._pending: list[Write] = []
+        # Leases with a write that was not committed: nothing later of theirs
+        # may commit (a run's records commit in order, or not at all). A
+        # refused value only bars what is not the run's (failed) outcome.
+        self._broken: dict[str, tuple[BaseException, int]] = {}  # lease -> (error, last order then)
+        self._orders = itertools.count(1)
+        self._last_order = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -85,6 +91,7 @@ class Recorder:
 
     def submit(self, write: Write) -> asyncio.Future[Any]:
         """Queue a write; its future resolves when it is committed."""
+        self._last_order = write.order = next(self._orders)
         if self._task is None:
             write.fail(LeaseLost("the recorder is not running"))
         else:
@@ -110,6 +117,7 @@ class Recorder:
             del self._pending[: len(batch)]
             try:
                 await self._write(batch)
+                self._settled(batch)
             except asyncio.CancelledError:
                 for write in batch:
                     write.fail(LeaseLost("the recorder was stopped in the middle of a write"))
@@ -119,6 +127,7 @@ class Recorder:
                                          writes=len(batch))
                 for write in batch:
                     write.fail(err)
+                self._settled(batch)
 
     async def _write(self, batch: list[Write]) -> None:
         for attempt in itertools.count():
@@ -142,10 +151,34 @@ class Recorder:
                 await self._isolate(batch)
                 return
 
+    def _barred(self, write: Write) -> bool:
+        """Fail ``write`` if an earlier write of its run was not committed."""
+        broken = self._broken.get(write.lease.lease_id)
+        if broken is None or write.future.done():
+            return write.future.done()
+        if isinstance(write, ReleaseRun):
+            return False  # handing the run back is always safe: it resumes from what is committed
+        error, last_order = broken
+        if isinstance(error, RecordRefused) and isinstance(write, FinishRun) and write.order > last_order:
+            return False  # the outcome the run was given after the refusal (it fails with it)
+        write.fail(type(error)(f"{error} (an earlier write of run {write.lease.run_id} was not committed)"))
+        return True
+
+    def _settled(self, writes: Sequence[Write]) -> None:
+        """Remember the runs whose writes failed, so their later writes are barred."""
+        for write in writes:
+            if write.future.done() and not write.future.cancelled():
+                error = write.future.exception()
+                if error is not None and write.lease.lease_id not in self._broken:
+                    self._broken[write.lease.lease_id] = (error, self._last_order)
+        if len(self._broken) > 10_000:  # runs long gone; a lease never comes back
+            for key in list(self._broken)[:5_000]:
+                del self._broken[key]
+
     async def _commit(self, batch: Sequence[Write]) -> None:
         by_kind: dict[type[Write], list[Write]] = {}
         for write in batch:
-            if not write.future.done():
+            if not self._barred(write):
                 by_kind.setdefault(type(write), []).append(write)
         plan: list[tuple[type[Write] | None, list[Write]]] = []
         statements: list[tuple[str, Params]] = []
@@ -180,6 +213,8 @@ class Recorder:
         log = telemetry.logger()
         for run_id, writes in by_run.items():
             for index, write in enumerate(writes):
+                if self._barred(write):
+                    continue
                 try:
                     await self._write_alone(write)
                 except Exception as err:
@@ -187,6 +222,7 @@ class Recorder:
                         f"the write failed: {type(err).__name__}: {err}")
                     log.warning("recorder.write_refused", run_id=run_id, kind=write.kind, error=str(refused))
                     write.fail(refused)
+                    self._broken[write.lease.lease_id] = (refused, self._last_order)
                     for later in writes[index + 1:]:
                         later.fail(RecordRefused(f"{refused} (an earlier write of run {run_id} was refused)"))
                     break

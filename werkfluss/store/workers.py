@@ -50,12 +50,12 @@ class WorkerInfo:
 
 async def register(
     connector: Connector, *, id: str, host: str, pid: int, version: str, workflows: list[str],
-    concurrency: int, lease_seconds: float, clock: DatabaseClock,
+    concurrency: int, lease_seconds: float, clock: DatabaseClock, app_name: str | None = None,
 ) -> None:
     sent = time.monotonic()
     row = await connector.fetch_one(
         "worker_register", id=id, host=host, pid=pid, version=version, workflows=workflows,
-        concurrency=concurrency, lease_seconds=lease_seconds,
+        concurrency=concurrency, lease_seconds=lease_seconds, app_name=app_name,
     )
     if row is not None:
         clock.observe(row["db_now"], sent, time.monotonic())

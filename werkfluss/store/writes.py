@@ -39,6 +39,7 @@ class Write:
 
     lease: Lease
     future: asyncio.Future[Any] = field(init=False, repr=False)
+    order: int = field(init=False, default=0, repr=False)  # set by the recorder: submission order
 
     kind: ClassVar[str]
     statement: ClassVar[str]

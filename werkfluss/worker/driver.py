@@ -55,6 +55,7 @@ class RunDriver:
         self._deadline_timer: Cancellable | None = None
         self._refreshing = False
         self._refresh_again = False
+        self.abandoned = False  # the worker gave the run up: no step attempt may start
         self._started = time.monotonic()
         self._suspension: cmd.Suspend | None = None
         self._steps_before = instance.steps_run  # a run resumed from the cache counts on
@@ -70,6 +71,12 @@ class RunDriver:
     def post(self, event: Event) -> None:
         """Feed an event to the instance (from any callback on the worker's loop)."""
         self._events.put_nowait(event)
+
+    def abandon(self, reason: str) -> None:
+        """The worker lost the run (its heartbeat failed, it was reaped): at once,
+        no attempt of any step may start; the instance hears of it in turn."""
+        self.abandoned = True
+        self.post(lambda: self.instance.lost(reason))
 
     def refresh(self) -> None:
         """Read what arrived for the run (payloads, ended children); coalesced."""
@@ -290,17 +297,23 @@ class RunDriver:
 
     async def _execute(self, command: cmd.ExecuteStep) -> None:
         # A step body starts only once every earlier write of its run is
-        # committed, and while this worker's heartbeat vouches for its leases.
+        # committed, and each attempt only while this worker's heartbeat vouches
+        # for its leases and the run is still its own.
         barrier = self._last_write
         if barrier is not None and not barrier.done():
             await asyncio.wait([barrier])
-        if self._write_failed:
+
+        async def may_run() -> None:
+            await self.worker.lease_valid()
+            if self._write_failed or self.abandoned or self._left() or command.seq not in self._steps:
+                raise asyncio.CancelledError(f"step {command.seq} of run {self.run_id} may not run here now")
+
+        try:
+            outcome = await run_attempts(command.step, command.args, command.kwargs, command.info,
+                                         self.worker.executor, self.worker.clock, before_attempt=may_run)
+        except asyncio.CancelledError:
+            self._steps.pop(command.seq, None)
             return
-        await self.worker.lease_valid()
-        if self._left() or command.seq not in self._steps:
-            return
-        outcome = await run_attempts(command.step, command.args, command.kwargs, command.info,
-                                     self.worker.executor, self.worker.clock)
         self._steps.pop(command.seq, None)
         log = telemetry.logger()
         if not outcome.ok and outcome.error is not None:
@@ -346,7 +359,6 @@ class RunDriver:
                 if inputs.error is not None:
                     self.post(self._fail_unreadable(inputs.error))
                     return
-                self.seen_wakeups = max(self.seen_wakeups, inputs.wakeups)
                 self.post(self._feed(inputs))
                 if not self._refresh_again:
                     return
@@ -359,7 +371,14 @@ class RunDriver:
         return lambda: self.instance.start_failed(error)
 
     def _feed(self, inputs: dispatch.RunInputs) -> Event:
-        return lambda: self.instance.add_inputs(inputs.payloads, inputs.children)
+        def feed() -> list[cmd.Command]:
+            # The wake-up count moves only together with the inputs it counts: a
+            # suspension decided before the instance has seen them must compare
+            # the old count (and be refused), never the new one.
+            self.seen_wakeups = max(self.seen_wakeups, inputs.wakeups)
+            return self.instance.add_inputs(inputs.payloads, inputs.children)
+
+        return feed
 
 
 def _delivered_child(record: Any) -> str | None:

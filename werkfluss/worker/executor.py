@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import functools
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -31,12 +32,16 @@ async def run_attempts(
     info: context.StepInfo,
     executor: Executor | None,
     clock: Clock,
+    before_attempt: Callable[[], Awaitable[None]] | None = None,
 ) -> StepOutcome:
     """Run a step body with its retries, delays and timeout.
 
     Never raises for the body's own exceptions (they become a failed
     outcome); cancellation propagates. A result that cannot be serialized
     counts as a failed attempt (and is retried like any other failure).
+    ``before_attempt`` is awaited before every attempt, the first and each
+    retry: the worker's check that it still may run the step (it raises
+    ``CancelledError`` when not).
     """
     options = step_.options
     log = telemetry.logger()
@@ -45,6 +50,8 @@ async def run_attempts(
     while True:
         attempt += 1
         attempt_info = context.StepInfo(info.run_id, info.workflow, info.step, info.seq, attempt)
+        if before_attempt is not None:
+            await before_attempt()
         try:
             value = await _call_once(step_, args, kwargs, attempt_info, executor)
             output = serializer.dumps(value, what=f"the result of step {step_.name}")

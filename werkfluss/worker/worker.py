@@ -136,6 +136,10 @@ class Worker:
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._connector: Connector | None = None
         self._beat: Connector | None = None  # the heartbeat's own connection
+        self._writes: Connector | None = None  # the recorder's own connections
+        # Names the connections this worker writes through (63 characters at most):
+        # the reaper ends them if this worker is declared dead.
+        self.app_name = f"werkfluss-w-{uuid.uuid4().hex[:12]}"
         self._recorder: Recorder | None = None
         self._wake = asyncio.Event()
         self._stop_heartbeat = asyncio.Event()
@@ -189,14 +193,22 @@ class Worker:
         if self._started:
             return
         self._workflows = self._resolve_workflows()
-        connector, listener = await self._connect()
+        engine_connector, listener = await self._connect()
+        # The worker's own pools: claims and reads, writes (named, so the reaper
+        # can end them if this worker is declared dead), the heartbeat. A query
+        # that cannot get a connection within a second fails and is retried, so
+        # the pools reconnect as soon as the server is back.
+        acquire = min(1.0, self.lease_seconds / 3)
+        connector = engine_connector.sibling(max_size=4, application_name="werkfluss-worker",
+                                             acquire_timeout=acquire)
+        await connector.open()
         self._connector = connector
         connector.write_idle_timeout = min(connector.write_idle_timeout, self.lease_seconds)
         await check_schema(connector)
         await registry.register(
             connector, id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), version=_version(),
             workflows=self.workflow_names, concurrency=self.concurrency, lease_seconds=self.lease_seconds,
-            clock=self.clock,
+            clock=self.clock, app_name=self.app_name,
         )
         self.liveness.confirmed(time.monotonic() - 0.001)
         self._unsubscribe = [
@@ -204,9 +216,14 @@ class Worker:
             listener.subscribe(RUNS_CHANNEL, self._on_runs),
             listener.subscribe(WAKE_CHANNEL, self._on_wake),
         ]
-        self._beat = connector.sibling(max_size=1, application_name="werkfluss-heartbeat")
+        self._beat = connector.sibling(max_size=1, application_name="werkfluss-heartbeat",
+                                       acquire_timeout=acquire)
         await self._beat.open()
-        self._recorder = Recorder(connector, alive=self.liveness.valid)
+        self._writes = connector.sibling(max_size=2, application_name=self.app_name,
+                                         acquire_timeout=acquire)
+        self._writes.write_idle_timeout = connector.write_idle_timeout
+        await self._writes.open()
+        self._recorder = Recorder(self._writes, alive=self.liveness.valid)
         self._recorder.start()
         self._started = True
         self._stopping = False
@@ -276,9 +293,10 @@ class Worker:
             log.warning("worker.deregister_failed", worker_id=self.worker_id, error=str(err))
         for unsubscribe in self._unsubscribe:
             unsubscribe()
-        if self._beat is not None:
-            await self._beat.close()
-            self._beat = None
+        for extra in (self._beat, self._writes, self._connector):
+            if extra is not None:
+                await extra.close()
+        self._beat = self._writes = None
         for cached in self._cache.values():
             cached.instance.evict()
         self._cache.clear()
@@ -405,7 +423,7 @@ class Worker:
             free = self.concurrency - len(self._drivers)
             if free > 0 and self.liveness.valid():
                 try:
-                    claimed, due = await self._claim(names, free)
+                    claimed, cached, due = await self._claim(names, free)
                 except Exception as err:  # the claim loop must outlive any single failure
                     if failures == 0:
                         log.warning("worker.claim_failed", worker_id=self.worker_id, error=str(err),
@@ -417,7 +435,7 @@ class Worker:
                     log.info("worker.reconnected", worker_id=self.worker_id)
                     failures = 0
                 for run in claimed:
-                    self._launch(run)
+                    self._launch(run, cached.get(run.run_id))
                 if len(claimed) == free:
                     continue  # there may be more: claim again at once
                 if due is not None:
@@ -429,42 +447,52 @@ class Worker:
             except TimeoutError:
                 pass
 
-    async def _claim(self, names: list[str], free: int) -> tuple[list[dispatch.ClaimedRun], float | None]:
+    async def _claim(
+        self, names: list[str], free: int
+    ) -> tuple[list[dispatch.ClaimedRun], dict[str, WorkflowInstance], float | None]:
         self._claiming = True
         try:
             claimed = await dispatch.claim_runs(self.connector, workflows=names, limit=free,
                                                 worker_id=self.worker_id, clock=self.clock)
-            reading = [c for c in claimed if c.has_log and not self._cached_for(c)]
-            if reading:
-                logs = await dispatch.read_logs(self.connector, [c.run_id for c in reading])
-                for run in reading:
-                    run.log = logs.get(run.run_id, [])
-            due = None
-            if len(claimed) < free:
-                due = await dispatch.seconds_until_due(self.connector, workflows=names)
-            return claimed, due
+            # Decide now, once, which runs go on from memory: taken out of the
+            # cache here, nothing can evict them before they are launched.
+            cached: dict[str, WorkflowInstance] = {}
+            for run in claimed:
+                entry = self._cache.pop(run.run_id, None)
+                if entry is None:
+                    continue
+                if entry.claims + 1 == run.claims and entry.instance.state is RunState.SUSPENDED:
+                    cached[run.run_id] = entry.instance
+                else:
+                    entry.instance.evict()
+            reading = [c for c in claimed if c.has_log and c.run_id not in cached]
+            try:
+                if reading:
+                    logs = await dispatch.read_logs(self.connector, [c.run_id for c in reading])
+                    for run in reading:
+                        run.log = logs.get(run.run_id, [])
+                due = None
+                if len(claimed) < free:
+                    due = await dispatch.seconds_until_due(self.connector, workflows=names)
+            except BaseException:
+                for instance in cached.values():
+                    instance.evict()
+                raise
+            return claimed, cached, due
         finally:
             self._claiming = False
 
-    def _cached_for(self, run: dispatch.ClaimedRun) -> bool:
-        cached = self._cache.get(run.run_id)
-        return cached is not None and cached.claims + 1 == run.claims
-
-    def _launch(self, run: dispatch.ClaimedRun) -> None:
+    def _launch(self, run: dispatch.ClaimedRun, cached: WorkflowInstance | None) -> None:
         log = telemetry.logger()
         if run.taken_over and run.previous_worker_id != self.worker_id:
             self.takeovers += 1
             log.warning("worker.lease_taken_over", run_id=run.run_id, workflow=run.workflow,
                         worker_id=self.worker_id, previous_worker_id=run.previous_worker_id,
                         claims=run.claims)
-        cached = self._cache.pop(run.run_id, None)
-        if (cached is not None and cached.claims + 1 == run.claims
-                and cached.instance.state is RunState.SUSPENDED):
-            instance = cached.instance
+        if cached is not None:
+            instance = cached
             resumed = True
         else:
-            if cached is not None:
-                cached.instance.evict()
             instance = WorkflowInstance(
                 run_id=run.run_id, workflow=self._workflows[run.workflow], args=run.args, kwargs=run.kwargs,
                 log=run.log, clock=self.clock, started_at=run.started_at, payloads=run.inputs.payloads,
@@ -509,7 +537,7 @@ class Worker:
                     await registry.register(
                         self.connector, id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
                         version=_version(), workflows=self.workflow_names, concurrency=self.concurrency,
-                        lease_seconds=self.lease_seconds, clock=self.clock,
+                        lease_seconds=self.lease_seconds, clock=self.clock, app_name=self.app_name,
                     )
                 except DatabaseError:
                     continue
@@ -534,7 +562,7 @@ class Worker:
     def _lose_all(self, reason: str) -> None:
         self.liveness.reset()
         for driver in list(self._drivers.values()):
-            driver.post(_lose(driver.instance, reason))
+            driver.abandon(reason)
 
     async def _reconcile(self) -> None:
         """Hand back runs the queue says this worker holds but it does not know
@@ -549,10 +577,6 @@ class Worker:
                                        runs=[lease.run_id for lease in strays][:20], count=len(strays))
             for lease in strays:
                 self.recorder.submit(ReleaseRun(lease)).add_done_callback(_retrieve)
-
-
-def _lose(instance: WorkflowInstance, reason: str) -> Callable[[], list[Any]]:
-    return lambda: instance.lost(reason)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
