@@ -308,9 +308,14 @@ class RunDriver:
             if self._write_failed or self.abandoned or self._left() or command.seq not in self._steps:
                 raise asyncio.CancelledError(f"step {command.seq} of run {self.run_id} may not run here now")
 
+        def may_start() -> bool:  # asked in a pool thread just before a sync body starts
+            return (self.worker.liveness.valid() and not (self._write_failed or self.abandoned)
+                    and command.seq in self._steps)
+
         try:
             outcome = await run_attempts(command.step, command.args, command.kwargs, command.info,
-                                         self.worker.executor, self.worker.clock, before_attempt=may_run)
+                                         self.worker.executor, self.worker.clock, before_attempt=may_run,
+                                         may_start=may_start)
         except asyncio.CancelledError:
             self._steps.pop(command.seq, None)
             return

@@ -33,6 +33,7 @@ async def run_attempts(
     executor: Executor | None,
     clock: Clock,
     before_attempt: Callable[[], Awaitable[None]] | None = None,
+    may_start: Callable[[], bool] | None = None,
 ) -> StepOutcome:
     """Run a step body with its retries, delays and timeout.
 
@@ -41,7 +42,12 @@ async def run_attempts(
     counts as a failed attempt (and is retried like any other failure).
     ``before_attempt`` is awaited before every attempt, the first and each
     retry: the worker's check that it still may run the step (it raises
-    ``CancelledError`` when not).
+    ``CancelledError`` when not). A sync body waits for a free thread of the
+    pool after that check; ``may_start`` (cheap, thread-safe) is asked again
+    in the thread just before the body starts, and when it says no the body
+    does not start and the attempt goes back to ``before_attempt``. So a
+    worker stopped while bodies queued for threads starts none of them after
+    it resumes until its heartbeat vouches for it again.
     """
     options = step_.options
     log = telemetry.logger()
@@ -53,7 +59,10 @@ async def run_attempts(
         if before_attempt is not None:
             await before_attempt()
         try:
-            value = await _call_once(step_, args, kwargs, attempt_info, executor)
+            value = await _call_once(step_, args, kwargs, attempt_info, executor, may_start)
+            if value is _NOT_STARTED:
+                attempt -= 1  # the same attempt, once the worker may act again
+                continue
             output = serializer.dumps(value, what=f"the result of step {step_.name}")
         except asyncio.CancelledError:
             raise
@@ -81,6 +90,7 @@ async def _call_once(
     kwargs: dict[str, Any],
     info: context.StepInfo,
     executor: Executor | None,
+    may_start: Callable[[], bool] | None = None,
 ) -> Any:
     step_token = context._step.set(info)
     timeout = step_.options.timeout
@@ -98,6 +108,8 @@ async def _call_once(
                 raise TimeoutError(_timeout_message(step_, timeout, info.attempt)) from None
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, step_.fn, *args, **kwargs)
+        if may_start is not None:
+            call = functools.partial(_gated, may_start, call)
         future = loop.run_in_executor(executor, call)
         if timeout is None:
             return await future
@@ -109,6 +121,16 @@ async def _call_once(
             raise TimeoutError(_timeout_message(step_, timeout, info.attempt)) from None
     finally:
         context._step.reset(step_token)
+
+
+_NOT_STARTED = object()
+
+
+def _gated(may_start: Callable[[], bool], call: Callable[[], Any]) -> Any:
+    """In a pool thread: start the body only if the worker still may."""
+    if not may_start():
+        return _NOT_STARTED
+    return call()
 
 
 def _timeout_message(step_: Step[..., Any], timeout: float, attempt: int) -> str:
