@@ -71,6 +71,7 @@ CREATE FUNCTION werkfluss._reap_workers() RETURNS integer
 DECLARE
     dead     text[];
     released integer;
+    victim   integer;
 BEGIN
     WITH d AS (
         SELECT w.id FROM werkfluss.workers w
@@ -86,11 +87,22 @@ BEGIN
     IF cardinality(dead) = 0 THEN
         RETURN 0;
     END IF;
-    -- End what the dead workers left open; their row locks go with them.
-    PERFORM pg_terminate_backend(a.pid)
-       FROM pg_stat_activity a
-       JOIN werkfluss.workers w ON w.app_name = a.application_name
-      WHERE w.id = ANY(dead) AND a.datname = current_database() AND a.pid <> pg_backend_pid();
+    -- End what the dead workers left open; their row locks go with them. A
+    -- role that may not signal those sessions (another role, not a member of
+    -- pg_signal_backend) leaves them be: the runs are then taken over once
+    -- the frozen worker resumes or its connection ends.
+    FOR victim IN
+        SELECT a.pid
+          FROM pg_stat_activity a
+          JOIN werkfluss.workers w ON w.app_name = a.application_name
+         WHERE w.id = ANY(dead) AND a.datname = current_database() AND a.pid <> pg_backend_pid()
+    LOOP
+        BEGIN
+            PERFORM pg_terminate_backend(victim);
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;
+        END;
+    END LOOP;
     -- worker_id stays: the next claim reports whose run it took over.
     WITH freed AS (
         UPDATE werkfluss.queue q

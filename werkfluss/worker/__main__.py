@@ -43,8 +43,9 @@ def parser() -> argparse.ArgumentParser:
                    default=os.environ.get("WERKFLUSS_LOG_LEVEL", "info").lower(),
                    help="default: $WERKFLUSS_LOG_LEVEL, else info")
     p.add_argument("--pool-size", type=int, default=10,
-                   help="database connections in the pool (default 10; LISTEN and the heartbeat "
-                        "use one more each)")
+                   help="the most connections of the application pool that code in the process "
+                        "uses through the Engine (default 10); the worker's own pools are fixed: "
+                        "claims and reads 4, writes 2, heartbeat 1, LISTEN 1")
     p.add_argument("--cache-size", type=int, default=256,
                    help="suspended runs kept in memory to resume without replaying their log "
                         "(default 256; 0 turns the cache off)")
