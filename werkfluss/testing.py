@@ -11,7 +11,9 @@ everything to the end::
         sim = Simulation()
         run = sim.start(onboard, "user-123")
         await run.run_steps()                 # executes step bodies as they are called
-        sim.clock.advance(86400)              # a day passes, at once
+        assert run.status == "sleeping"
+        sim.clock.set(run.wake_at)            # a day passes, at once
+        run.tick()                            # the run sees it: its sleep is over
         await run.run_steps()
         assert run.result() == "done"
         assert [r.name for r in run.steps()] == ["app.fetch_data", "app.send_email"]
@@ -163,6 +165,15 @@ class SimulatedRun:
             await self.run_step()
         if self.steps_in_flight:
             raise WerkflussError(f"run {self.run_id}: more than {limit} steps")
+
+    @property
+    def wake_at(self) -> dt.datetime | None:
+        """When the suspended run's next timer fires (a sleep's end, a wait's
+        timeout, its deadline); ``None`` if it is not suspended or waits on
+        nothing timed. Records are stamped at least a microsecond apart, so a
+        ``sleep("1 day")`` ends a little more than a day after the run started:
+        ``sim.clock.set(run.wake_at)`` reaches it exactly."""
+        return self.suspension.wake_at if self.suspension is not None else None
 
     def tick(self) -> None:
         """Let the run see the clock's current time (timers, deadline)."""
