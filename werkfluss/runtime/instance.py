@@ -130,7 +130,9 @@ class WorkflowInstance:
         self._timers: list[_Timer] = []
         self._steps: set[int] = set()  # steps in flight (ExecuteStep issued, outcome not yet in)
         self._held: list[cmd.ExecuteStep] = []  # steps not started because the worker is stopping
-        self._inbox: dict[int, Payload] = {}
+        # payloads not yet taken, per token, oldest id first (a heap): taking one is O(log n)
+        self._inbox: dict[str, list[tuple[int, Payload]]] = {}
+        self._inbox_ids: dict[int, str] = {}  # payload id -> token, for payloads in the inbox
         self._taken: set[int] = set()  # payloads delivered in this instance
         self._children: dict[str, ChildOutcome] = {}
         self._hooks: dict[str, Any] = {}  # token -> Hook (creation outcome)
@@ -230,8 +232,9 @@ class WorkflowInstance:
     ) -> list[cmd.Command]:
         """News from the database: hook payloads and ended child runs."""
         for payload in payloads:
-            if payload.id not in self._taken:
-                self._inbox.setdefault(payload.id, payload)
+            if payload.id not in self._taken and payload.id not in self._inbox_ids:
+                self._inbox_ids[payload.id] = payload.token
+                heapq.heappush(self._inbox.setdefault(payload.token, []), (payload.id, payload))
                 self._mark_ready(f"hook:{payload.token}")
         for child in children:
             self._children[child.run_id] = child
@@ -471,15 +474,23 @@ class WorkflowInstance:
         return max(self._clock.now(), self._time)
 
     def take_payload(self, token: str) -> Payload | None:
-        for payload_id in sorted(self._inbox):
-            payload = self._inbox[payload_id]
-            if payload.token == token:
-                return payload
-        return None
+        """The oldest payload for ``token`` not yet consumed (it stays until consumed)."""
+        queue = self._inbox.get(token)
+        return queue[0][1] if queue else None
 
     def consume_payload(self, payload_id: int) -> None:
-        self._inbox.pop(payload_id, None)
         self._taken.add(payload_id)
+        token = self._inbox_ids.pop(payload_id, None)
+        if token is None:
+            return
+        queue = self._inbox[token]
+        if queue[0][0] == payload_id:
+            heapq.heappop(queue)
+        else:  # not the oldest (cannot happen today: only the oldest is taken)
+            queue.remove(next(item for item in queue if item[0] == payload_id))
+            heapq.heapify(queue)
+        if not queue:
+            del self._inbox[token]
 
     def child_outcome(self, child_id: str) -> ChildOutcome | None:
         return self._children.get(child_id)
