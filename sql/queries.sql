@@ -1,6 +1,7 @@
 -- Every query werkfluss sends, each under a "-- name: <name>" header with a
 -- one-line comment. Python refers to them by name (werkfluss.queries).
--- Lock order everywhere: a run's queue row before its runs row.
+-- Lock order everywhere: hook tokens' and concurrency keys' advisory locks, then a run's
+-- queue row, then its runs row (see sql/migrations/0008_flow_control.sql).
 
 -- name: migrations_bootstrap
 -- The schema and the table that records which migrations were applied.
@@ -36,7 +37,11 @@ SELECT coalesce(array_agg(version ORDER BY version), '{}') AS versions
 -- Start a run through the same SQL function other languages call.
 SELECT werkfluss.start_run(
     %(name)s, %(args)s::jsonb, %(run_id)s, %(kwargs)s::jsonb,
-    %(timeout_seconds)s * interval '1 second'
+    %(timeout_seconds)s * interval '1 second',
+    queue => %(queue)s::text, concurrency_key => %(concurrency_key)s::text,
+    priority => %(priority)s::integer, start_at => %(start_at)s::timestamptz,
+    delay => %(delay_seconds)s * interval '1 second',
+    debounce => %(debounce_seconds)s * interval '1 second', debounce_key => %(debounce_key)s::text
 ) AS run_id;
 
 -- name: cancel_run
@@ -44,16 +49,20 @@ SELECT werkfluss.start_run(
 SELECT werkfluss.cancel_run(%(run_id)s) AS cancelled;
 
 -- name: get_run
--- One run, as users see it.
+-- One run, as users see it (blocked: why a pending run has not started).
 SELECT id AS run_id, workflow, status, args, kwargs, result, error, parent_id,
-       wake_at, waiting_on, deadline, created_at, started_at, finished_at, updated_at
+       wake_at, waiting_on, deadline, created_at, started_at, finished_at, updated_at,
+       queue_name, concurrency_key, priority,
+       CASE WHEN status = 'pending' THEN werkfluss._pending_reason(id) END AS blocked
   FROM werkfluss.runs
  WHERE id = %(run_id)s;
 
 -- name: list_runs
 -- The most recent runs, optionally filtered by status and workflow.
 SELECT id AS run_id, workflow, status, args, kwargs, result, error, parent_id,
-       wake_at, waiting_on, deadline, created_at, started_at, finished_at, updated_at
+       wake_at, waiting_on, deadline, created_at, started_at, finished_at, updated_at,
+       queue_name, concurrency_key, priority,
+       CASE WHEN status = 'pending' THEN werkfluss._pending_reason(id) END AS blocked
   FROM werkfluss.runs
  WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
    AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s::text)
@@ -75,46 +84,12 @@ SELECT seq, kind, name, status, input, output, error, attempts, started_at, fini
  ORDER BY seq;
 
 -- name: claim_runs
--- Lease up to %(limit)s due runs of the given workflows to this worker and
--- mark them running: one statement, one round trip. A held run's
--- available_at is 'infinity' (the worker's heartbeat keeps it; no renewals);
--- claims counts every claim, so a worker that kept the run in its cache knows
--- whether anyone else ran it since. Returns what may unblock each run and the
--- server's clock (the worker's one clock).
-WITH picked AS (
-    SELECT q.run_id, q.lease_id AS previous_lease_id, q.worker_id AS previous_worker_id
-      FROM werkfluss.queue q
-     WHERE q.available_at <= now()
-       AND q.workflow = ANY(%(workflows)s::text[])
-     ORDER BY q.available_at
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-), leased AS (
-    UPDATE werkfluss.queue q
-       SET lease_id = gen_random_uuid(),
-           worker_id = %(worker_id)s,
-           available_at = 'infinity',
-           claims = q.claims + 1
-      FROM picked p
-     WHERE q.run_id = p.run_id
- RETURNING q.run_id, q.lease_id, q.claims, q.wakeups, p.previous_lease_id, p.previous_worker_id
-), started AS (
-    UPDATE werkfluss.runs r
-       SET status = 'running', started_at = coalesce(r.started_at, now()),
-           updated_at = now(), wake_at = NULL, waiting_on = NULL
-      FROM leased l
-     WHERE r.id = l.run_id
- RETURNING r.id, r.workflow, r.args, r.kwargs, r.deadline, r.parent_id, r.started_at
-)
-SELECT s.id AS run_id, s.workflow, s.args, s.kwargs, s.deadline, s.parent_id, s.started_at,
-       l.lease_id, l.claims, l.previous_lease_id, l.previous_worker_id,
-       -- The wake-up count from the same snapshot as the inputs: an event newer
-       -- than what is read here shows as a higher count later (see suspend_runs).
-       i.wakeups, i.inbox, i.children, clock_timestamp() AS db_now,
-       EXISTS (SELECT 1 FROM werkfluss.events e WHERE e.run_id = s.id) AS has_log
-  FROM started s
-  JOIN leased l ON l.run_id = s.id
- CROSS JOIN LATERAL werkfluss._run_inputs(s.id) AS i;
+-- Lease up to %(limit)s due runs of the given workflows to this worker, within
+-- the limits of their queues, and mark them running: one statement, one
+-- round trip (werkfluss._claim). A held run's available_at is 'infinity' (the
+-- worker's heartbeat keeps it; no renewals); claims counts every claim.
+-- Returns what may unblock each run and the server's clock (the worker's one clock).
+SELECT * FROM werkfluss._claim(%(workflows)s::text[], %(limit)s, %(worker_id)s);
 
 -- name: read_logs
 -- The logs of runs a worker claimed and has not in its cache.
@@ -130,11 +105,27 @@ SELECT wakeups, inbox, children FROM werkfluss._run_inputs(%(run_id)s);
 
 -- name: next_due
 -- Seconds (by the server's clock) until the next run of these workflows
--- becomes claimable (a sleep ending). NULL if none is scheduled.
-SELECT extract(epoch FROM min(available_at) - now())::float8 AS seconds
-  FROM werkfluss.queue
- WHERE available_at > now() AND available_at < 'infinity'
-   AND workflow = ANY(%(workflows)s::text[]);
+-- becomes claimable (a sleep ending, a delayed start, the next token of a
+-- queue's start rate limit). NULL if none is scheduled; 0 or less if one is
+-- due and not in line yet.
+SELECT least(
+    (SELECT extract(epoch FROM min(q.available_at) - now())
+       FROM werkfluss.queue q
+      WHERE NOT q.ready AND q.lease_id IS NULL AND q.available_at < 'infinity'
+        AND q.workflow = ANY(%(workflows)s::text[])),
+    (SELECT extract(epoch FROM min(q.available_at) - now())
+       FROM werkfluss.queue q
+      WHERE q.lease_id IS NOT NULL AND q.available_at < 'infinity'
+        AND q.workflow = ANY(%(workflows)s::text[])),
+    (SELECT min((1 - least(b.capacity, b.tokens + greatest(0, extract(epoch FROM now() - b.refreshed_at))
+                                                  * b.capacity / b.period)) * b.period / b.capacity)
+       FROM werkfluss.queues k
+       JOIN werkfluss.rate_limits b ON b.name = 'queue:' || k.name
+      WHERE k.rate_limit IS NOT NULL
+        AND EXISTS (SELECT 1 FROM werkfluss.queue q
+                     WHERE q.queue_name = k.name AND q.ready AND NOT q.parked AND q.claims = 0
+                       AND q.workflow = ANY(%(workflows)s::text[])))
+)::float8 AS seconds;
 
 -- name: append_events
 -- Record log entries, fenced by the lease: an entry whose run this lease no
@@ -185,6 +176,11 @@ UNION
 SELECT f.run_id, f.seq
   FROM fenced f
   JOIN werkfluss.events e ON e.run_id = f.run_id AND e.seq = f.seq;
+
+-- name: lock_flow_keys
+-- A batch that releases runs takes the locks of their concurrency keys
+-- first, in order (after hook tokens, before any row).
+SELECT werkfluss._lock_flow_keys(%(run_ids)s::text[]) AS locked;
 
 -- name: lock_hook_tokens
 -- Hook creation takes each token's advisory lock first, as send() does.
@@ -272,13 +268,17 @@ WITH batch AS (
                     WHERE q.run_id = b.run_id AND q.lease_id = b.lease_id
                       FOR SHARE)
 ), children AS (
-    INSERT INTO werkfluss.runs (id, workflow, args, kwargs, parent_id)
-    SELECT f.child_id, f.workflow, f.args, f.kwargs, f.run_id FROM fenced f
+    -- A child run goes to the default queue of its workflow.
+    INSERT INTO werkfluss.runs (id, workflow, args, kwargs, parent_id, queue_name)
+    SELECT f.child_id, f.workflow, f.args, f.kwargs, f.run_id,
+           (SELECT wq.queue_name FROM werkfluss.workflow_queues wq
+             WHERE wq.workflow = f.workflow AND wq.is_default)
+      FROM fenced f
         ON CONFLICT (id) DO NOTHING
-    RETURNING id, workflow
+    RETURNING id, workflow, queue_name
 ), queued AS (
-    INSERT INTO werkfluss.queue (run_id, workflow)
-    SELECT id, workflow FROM children
+    INSERT INTO werkfluss.queue (run_id, workflow, queue_name)
+    SELECT id, workflow, queue_name FROM children
         ON CONFLICT (run_id) DO NOTHING
     RETURNING run_id
 ), notified AS (
@@ -311,7 +311,8 @@ WITH batch AS (
 ), released AS (
     UPDATE werkfluss.queue q
        SET lease_id = NULL, worker_id = NULL,
-           available_at = coalesce(b.due_at, 'infinity')
+           available_at = coalesce(b.due_at, 'infinity'),
+           ready = coalesce(b.due_at, 'infinity') <= now()
       FROM batch b
       JOIN held h ON h.run_id = b.run_id AND h.quiet
      WHERE q.run_id = b.run_id
@@ -365,7 +366,8 @@ WITH batch AS (
 ), woken AS (
     UPDATE werkfluss.queue q
        SET wakeups = q.wakeups + 1,
-           available_at = CASE WHEN q.lease_id IS NULL THEN now() ELSE q.available_at END
+           available_at = CASE WHEN q.lease_id IS NULL THEN now() ELSE q.available_at END,
+           ready = CASE WHEN q.lease_id IS NULL THEN true ELSE q.ready END
       FROM (SELECT DISTINCT parent_id FROM finished WHERE parent_id IS NOT NULL) p
      WHERE q.run_id = p.parent_id
  RETURNING q.run_id, q.lease_id IS NULL AS claimable, q.worker_id
@@ -400,7 +402,7 @@ WITH batch AS (
     SELECT * FROM unnest(%(run_ids)s::text[], %(lease_ids)s::uuid[]) AS b(run_id, lease_id)
 ), released AS (
     UPDATE werkfluss.queue q
-       SET lease_id = NULL, worker_id = NULL, available_at = now()
+       SET lease_id = NULL, worker_id = NULL, available_at = now(), ready = true
       FROM batch b
      WHERE q.run_id = b.run_id AND q.lease_id = b.lease_id
  RETURNING q.run_id
@@ -477,3 +479,47 @@ SELECT werkfluss.prune_runs(%(older_than_seconds)s * interval '1 second', %(batc
 SELECT count(*) AS runs
   FROM werkfluss.runs r
  WHERE r.finished_at IS NOT NULL AND r.finished_at < now() - %(older_than_seconds)s * interval '1 second';
+
+-- name: declare_queue
+-- Create a queue or change its limits: 'created', 'changed' or 'unchanged'.
+SELECT werkfluss.declare_queue(
+    %(name)s, %(concurrency)s::integer, %(per_key)s::integer, %(worker_concurrency)s::integer,
+    %(rate_limit)s::integer, %(rate_period_seconds)s * interval '1 second',
+    %(priority_aging_seconds)s * interval '1 second'
+) AS outcome;
+
+-- name: declare_workflow_queue
+-- A workflow's default queue (NULL: none), as a worker serving it declares it.
+SELECT werkfluss._declare_workflow_queue(%(workflow)s, %(queue)s::text) AS changed;
+
+-- name: take_token
+-- Take a token of a step's rate limit: 0, or the seconds until one is there.
+SELECT werkfluss._take_token(%(name)s, %(capacity)s, %(period)s, %(run_id)s, %(waited)s) AS wait;
+
+-- name: list_queues
+-- Every queue with its limits, the runs holding a worker, and its depth.
+SELECT k.name, k.concurrency, k.per_key, k.worker_concurrency, k.rate_limit, k.rate_period,
+       k.priority_aging, k.created_at, k.updated_at,
+       (SELECT count(*) FROM werkfluss.queue y
+         WHERE y.queue_name = k.name AND y.lease_id IS NOT NULL) AS running,
+       (SELECT count(*) FROM werkfluss.queue y
+         WHERE y.queue_name = k.name AND y.ready AND NOT y.parked AND y.lease_id IS NULL) AS ready,
+       (SELECT count(*) FROM werkfluss.queue y WHERE y.queue_name = k.name AND y.parked) AS parked,
+       (SELECT count(*) FROM werkfluss.queue y JOIN werkfluss.runs r ON r.id = y.run_id
+         WHERE y.queue_name = k.name AND NOT y.ready AND y.lease_id IS NULL
+           AND r.status = 'pending') AS scheduled,
+       (SELECT count(*) FROM werkfluss.queue y JOIN werkfluss.runs r ON r.id = y.run_id
+         WHERE y.queue_name = k.name AND NOT y.ready AND y.lease_id IS NULL
+           AND r.status IN ('sleeping', 'waiting')) AS suspended,
+       (SELECT count(*) FROM (SELECT 1 FROM werkfluss.queue y
+                               WHERE y.queue_name = k.name AND y.lease_id IS NOT NULL
+                                 AND y.concurrency_key IS NOT NULL
+                               GROUP BY y.concurrency_key
+                              HAVING count(*) >= k.per_key) z) AS keys_at_limit,
+       (SELECT count(DISTINCT y.concurrency_key) FROM werkfluss.queue y
+         WHERE y.queue_name = k.name AND y.lease_id IS NOT NULL) AS keys_running,
+       (SELECT least(b.capacity, b.tokens + greatest(0, extract(epoch FROM now() - b.refreshed_at))
+                                            * b.capacity / b.period)
+          FROM werkfluss.rate_limits b WHERE b.name = 'queue:' || k.name) AS tokens
+  FROM werkfluss.queues k
+ ORDER BY k.name;

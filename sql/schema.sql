@@ -15,6 +15,26 @@ SET row_security = off;
 
 CREATE SCHEMA werkfluss;
 
+CREATE FUNCTION werkfluss._bucket(name text, capacity integer, period double precision) RETURNS double precision
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    available double precision;
+BEGIN
+    INSERT INTO werkfluss.rate_limits AS b (name, capacity, period, tokens, refreshed_at)
+    VALUES (_bucket.name, _bucket.capacity, _bucket.period, _bucket.capacity, now())
+    ON CONFLICT (name) DO UPDATE
+       SET capacity = excluded.capacity, period = excluded.period,
+           tokens = least(excluded.capacity::double precision,
+                          b.tokens + greatest(0, extract(epoch FROM now() - b.refreshed_at))
+                                     * excluded.capacity / excluded.period),
+           refreshed_at = greatest(b.refreshed_at, now())
+    RETURNING b.tokens INTO available;
+    RETURN available;
+END
+$$;
+
 CREATE FUNCTION werkfluss._cancel_tree(roots text[]) RETURNS text[]
     LANGUAGE plpgsql
     AS $$
@@ -36,6 +56,11 @@ BEGIN
         )
         SELECT coalesce(array_agg(id ORDER BY depth DESC, id), '{}') INTO tree FROM t;
         EXIT WHEN cardinality(tree) = 0 OR pass > 10;
+        PERFORM pg_advisory_xact_lock(l.id) FROM (
+            SELECT DISTINCT hashtextextended('werkfluss.key:' || q.queue_name || chr(31) || q.concurrency_key, 0) AS id
+              FROM werkfluss.queue q
+             WHERE q.run_id = ANY(tree) AND q.concurrency_key IS NOT NULL AND q.queue_name IS NOT NULL
+             ORDER BY 1) l;
         PERFORM 1 FROM werkfluss.queue q WHERE q.run_id = ANY(tree)
          ORDER BY array_position(tree, q.run_id) FOR UPDATE;
         DELETE FROM werkfluss.queue q WHERE q.run_id = ANY(tree);
@@ -62,6 +87,381 @@ BEGIN
                  THEN array_to_string(cancelled, ',') ELSE '*' END);
     END IF;
     RETURN cancelled;
+END
+$$;
+
+CREATE FUNCTION werkfluss._claim(workflows text[], lim integer, worker text) RETURNS TABLE(run_id text, workflow text, args jsonb, kwargs jsonb, deadline timestamp with time zone, parent_id text, started_at timestamp with time zone, lease_id uuid, claims integer, previous_lease_id uuid, previous_worker_id text, wakeups integer, inbox jsonb, children jsonb, db_now timestamp with time zone, has_log boolean)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    ids       text[] := '{}';
+    prev_ids  uuid[] := '{}';
+    prev_wks  text[] := '{}';
+    more_ids  text[];
+    more_prev uuid[];
+    more_wks  text[];
+    taken     integer := 0;
+    names     text[];
+    i         integer;
+    k         werkfluss.queues%ROWTYPE;
+    c         record;
+    got       text;
+    free      integer;
+    qtaken    integer;
+    fresh     integer;
+    held      integer;
+    tokens    double precision;
+BEGIN
+    IF lim IS NULL OR lim <= 0 THEN
+        RETURN;
+    END IF;
+    -- Sleeping and delayed runs whose time has come join the line, and so do
+    -- runs whose lease ran out.
+    UPDATE werkfluss.queue x SET ready = true
+     WHERE x.run_id = ANY(ARRAY(
+               SELECT y.run_id FROM werkfluss.queue y
+                WHERE NOT y.ready AND y.lease_id IS NULL AND y.available_at <= now()
+                ORDER BY y.available_at
+                LIMIT 1000
+                  FOR UPDATE SKIP LOCKED));
+    UPDATE werkfluss.queue x SET ready = true
+     WHERE x.run_id = ANY(ARRAY(
+               SELECT y.run_id FROM werkfluss.queue y
+                WHERE y.lease_id IS NOT NULL AND y.available_at <= now() AND y.available_at < 'infinity'
+                  AND NOT y.ready
+                LIMIT 1000
+                  FOR UPDATE SKIP LOCKED));
+
+    -- The streams with a run ready for this worker, best head first ('' is
+    -- the stream of runs in no queue).
+    SELECT array_agg(h.name ORDER BY h.head, h.name) INTO names FROM (
+        SELECT '' AS name,
+               (SELECT y.sort_at FROM werkfluss.queue y
+                 WHERE y.queue_name IS NULL AND y.ready AND NOT y.parked AND y.available_at <= now()
+                   AND y.workflow = ANY(workflows)
+                 ORDER BY y.sort_at LIMIT 1) AS head
+        UNION ALL
+        SELECT wq.queue_name,
+               (SELECT y.sort_at FROM werkfluss.queue y
+                 WHERE y.queue_name = wq.queue_name AND y.ready AND NOT y.parked
+                   AND y.available_at <= now() AND y.workflow = ANY(workflows)
+                 ORDER BY y.sort_at LIMIT 1)
+          FROM (SELECT DISTINCT w.queue_name FROM werkfluss.workflow_queues w
+                 WHERE w.workflow = ANY(workflows)) wq
+    ) h
+     WHERE h.head IS NOT NULL;
+    IF names IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- Queues whose limits need an agreed count: locked by name, all first.
+    FOR k IN
+        SELECT * FROM werkfluss.queues q
+         WHERE q.name = ANY(names) AND (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL)
+         ORDER BY q.name
+    LOOP
+        PERFORM pg_advisory_xact_lock(hashtextextended('werkfluss.queue:' || k.name, 0));
+    END LOOP;
+
+    FOR i IN 1 .. cardinality(names) LOOP
+        EXIT WHEN taken >= lim;
+        IF names[i] = '' THEN
+            WITH picked AS (
+                SELECT y.run_id, y.lease_id AS previous_lease_id, y.worker_id AS previous_worker_id
+                  FROM werkfluss.queue y
+                 WHERE y.queue_name IS NULL AND y.ready AND NOT y.parked AND y.available_at <= now()
+                   AND y.workflow = ANY(workflows)
+                 ORDER BY y.sort_at
+                 LIMIT lim - taken
+                   FOR UPDATE SKIP LOCKED
+            ), leased AS (
+                UPDATE werkfluss.queue x
+                   SET lease_id = gen_random_uuid(), worker_id = worker, available_at = 'infinity',
+                       ready = false, claims = x.claims + 1, debounce_key = NULL
+                  FROM picked p
+                 WHERE x.run_id = p.run_id
+                RETURNING x.run_id, p.previous_lease_id, p.previous_worker_id
+            )
+            SELECT coalesce(array_agg(l.run_id), '{}'), coalesce(array_agg(l.previous_lease_id), '{}'),
+                   coalesce(array_agg(l.previous_worker_id), '{}')
+              INTO more_ids, more_prev, more_wks
+              FROM leased l;
+            ids := ids || more_ids;
+            prev_ids := prev_ids || more_prev;
+            prev_wks := prev_wks || more_wks;
+            taken := taken + cardinality(more_ids);
+            CONTINUE;
+        END IF;
+
+        SELECT * INTO k FROM werkfluss.queues q WHERE q.name = names[i];
+        IF NOT FOUND THEN
+            k.name := names[i];  -- a queue no longer declared: no limits
+        END IF;
+        free := lim - taken;
+        IF k.concurrency IS NOT NULL THEN
+            SELECT count(*) INTO held FROM werkfluss.queue y
+             WHERE y.queue_name = k.name AND y.lease_id IS NOT NULL;
+            free := least(free, k.concurrency - held);
+        END IF;
+        IF k.worker_concurrency IS NOT NULL THEN
+            SELECT count(*) INTO held FROM werkfluss.queue y
+             WHERE y.worker_id = worker AND y.lease_id IS NOT NULL AND y.queue_name = k.name;
+            free := least(free, k.worker_concurrency - held);
+        END IF;
+        CONTINUE WHEN free <= 0;
+        tokens := NULL;
+        IF k.rate_limit IS NOT NULL THEN
+            tokens := werkfluss._bucket('queue:' || k.name, k.rate_limit, k.rate_period);
+        END IF;
+        qtaken := 0;
+        fresh := 0;
+        FOR c IN
+            SELECT y.run_id, y.concurrency_key, y.claims, y.lease_id, y.worker_id
+              FROM werkfluss.queue y
+             WHERE y.queue_name = k.name AND y.ready AND NOT y.parked AND y.available_at <= now()
+               AND y.workflow = ANY(workflows)
+             ORDER BY y.sort_at
+               FOR UPDATE SKIP LOCKED
+        LOOP
+            EXIT WHEN qtaken >= free OR taken >= lim;
+            -- A start needs a token; the queue waits for the next one (runs
+            -- resuming after a sleep behind it wait with it).
+            EXIT WHEN tokens IS NOT NULL AND c.claims = 0 AND tokens - fresh < 1;
+            IF k.per_key IS NOT NULL AND c.concurrency_key IS NOT NULL THEN
+                -- Another claim or a release is deciding about this key: leave it.
+                CONTINUE WHEN NOT pg_try_advisory_xact_lock(
+                    hashtextextended('werkfluss.key:' || k.name || chr(31) || c.concurrency_key, 0));
+                SELECT count(*) INTO held FROM werkfluss.queue y
+                 WHERE y.queue_name = k.name AND y.concurrency_key = c.concurrency_key
+                   AND y.lease_id IS NOT NULL;
+                IF held >= k.per_key THEN
+                    UPDATE werkfluss.queue x SET parked = true
+                     WHERE x.run_id = ANY(ARRAY(
+                               SELECT y.run_id FROM werkfluss.queue y
+                                WHERE y.queue_name = k.name AND y.concurrency_key = c.concurrency_key
+                                  AND y.ready AND NOT y.parked
+                                  FOR UPDATE SKIP LOCKED));
+                    CONTINUE;
+                END IF;
+            END IF;
+            got := NULL;
+            UPDATE werkfluss.queue x
+               SET lease_id = gen_random_uuid(), worker_id = worker, available_at = 'infinity',
+                   ready = false, claims = x.claims + 1, debounce_key = NULL
+             WHERE x.run_id = c.run_id AND x.ready AND NOT x.parked AND x.available_at <= now()
+            RETURNING x.run_id INTO got;
+            CONTINUE WHEN got IS NULL;
+            ids := ids || got;
+            prev_ids := prev_ids || c.lease_id;
+            prev_wks := prev_wks || c.worker_id;
+            taken := taken + 1;
+            qtaken := qtaken + 1;
+            IF c.claims = 0 THEN
+                fresh := fresh + 1;
+            END IF;
+        END LOOP;
+        IF fresh > 0 AND tokens IS NOT NULL THEN
+            UPDATE werkfluss.rate_limits b SET tokens = b.tokens - fresh WHERE b.name = 'queue:' || k.name;
+        END IF;
+    END LOOP;
+    IF taken = 0 THEN
+        RETURN;
+    END IF;
+
+    UPDATE werkfluss.runs r
+       SET status = 'running', started_at = coalesce(r.started_at, now()),
+           updated_at = now(), wake_at = NULL, waiting_on = NULL
+     WHERE r.id = ANY(ids);
+    -- A worker that kept the run in its cache compares claims to know whether
+    -- anyone else ran it since. The wake-up count comes from the same
+    -- snapshot as the inputs: an event newer than what is read here shows as
+    -- a higher count later (see suspend_runs).
+    RETURN QUERY
+    SELECT r.id, r.workflow, r.args, r.kwargs, r.deadline, r.parent_id, r.started_at,
+           q.lease_id, q.claims, p.previous_lease_id, p.previous_worker_id,
+           inputs.wakeups, inputs.inbox, inputs.children, clock_timestamp(),
+           EXISTS (SELECT 1 FROM werkfluss.events e WHERE e.run_id = r.id)
+      FROM unnest(ids, prev_ids, prev_wks) AS p(run_id, previous_lease_id, previous_worker_id)
+      JOIN werkfluss.runs r ON r.id = p.run_id
+      JOIN werkfluss.queue q ON q.run_id = p.run_id
+     CROSS JOIN LATERAL werkfluss._run_inputs(p.run_id) AS inputs;
+END
+$$;
+
+CREATE FUNCTION werkfluss._declare_workflow_queue(workflow text, queue_name text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    current text;
+BEGIN
+    SELECT wq.queue_name INTO current FROM werkfluss.workflow_queues wq
+     WHERE wq.workflow = _declare_workflow_queue.workflow AND wq.is_default;
+    IF current IS NOT DISTINCT FROM _declare_workflow_queue.queue_name THEN
+        RETURN false;
+    END IF;
+    UPDATE werkfluss.workflow_queues wq SET is_default = false
+     WHERE wq.workflow = _declare_workflow_queue.workflow AND wq.is_default;
+    IF _declare_workflow_queue.queue_name IS NOT NULL THEN
+        INSERT INTO werkfluss.queues (name) VALUES (_declare_workflow_queue.queue_name)
+            ON CONFLICT (name) DO NOTHING;
+        INSERT INTO werkfluss.workflow_queues (workflow, queue_name, is_default)
+        VALUES (_declare_workflow_queue.workflow, _declare_workflow_queue.queue_name, true)
+        ON CONFLICT (workflow, queue_name) DO UPDATE SET is_default = true;
+    END IF;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION werkfluss._lock_flow_keys(run_ids text[]) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    lock_id bigint;
+    taken   integer := 0;
+BEGIN
+    FOR lock_id IN
+        SELECT DISTINCT hashtextextended('werkfluss.key:' || y.queue_name || chr(31) || y.concurrency_key, 0)
+          FROM werkfluss.queue y
+          JOIN werkfluss.queues k ON k.name = y.queue_name AND k.per_key IS NOT NULL
+         WHERE y.run_id = ANY(run_ids) AND y.concurrency_key IS NOT NULL
+         ORDER BY 1
+    LOOP
+        PERFORM pg_advisory_xact_lock(lock_id);
+        taken := taken + 1;
+    END LOOP;
+    RETURN taken;
+END
+$$;
+
+CREATE FUNCTION werkfluss._pending_reason(run_id text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+#variable_conflict use_column
+DECLARE
+    y      werkfluss.queue%ROWTYPE;
+    k      werkfluss.queues%ROWTYPE;
+    status text;
+    held   integer;
+    b      werkfluss.rate_limits%ROWTYPE;
+    tokens double precision;
+BEGIN
+    SELECT * INTO y FROM werkfluss.queue q WHERE q.run_id = _pending_reason.run_id;
+    IF NOT FOUND OR y.lease_id IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT r.status INTO status FROM werkfluss.runs r WHERE r.id = _pending_reason.run_id;
+    IF status IS DISTINCT FROM 'pending' THEN
+        RETURN NULL;
+    END IF;
+    IF y.available_at > now() AND isfinite(y.available_at) THEN
+        RETURN jsonb_build_object('kind', 'scheduled', 'at', y.available_at);
+    END IF;
+    IF y.queue_name IS NOT NULL THEN
+        SELECT * INTO k FROM werkfluss.queues q WHERE q.name = y.queue_name;
+        IF k.per_key IS NOT NULL AND y.concurrency_key IS NOT NULL THEN
+            SELECT count(*) INTO held FROM werkfluss.queue x
+             WHERE x.queue_name = y.queue_name AND x.concurrency_key = y.concurrency_key
+               AND x.lease_id IS NOT NULL;
+            IF y.parked OR held >= k.per_key THEN
+                RETURN jsonb_build_object('kind', 'key', 'queue', k.name, 'key', y.concurrency_key,
+                                          'held', held, 'limit', k.per_key);
+            END IF;
+        END IF;
+        IF k.concurrency IS NOT NULL THEN
+            SELECT count(*) INTO held FROM werkfluss.queue x
+             WHERE x.queue_name = y.queue_name AND x.lease_id IS NOT NULL;
+            IF held >= k.concurrency THEN
+                RETURN jsonb_build_object('kind', 'queue', 'queue', k.name, 'held', held,
+                                          'limit', k.concurrency);
+            END IF;
+        END IF;
+        IF k.rate_limit IS NOT NULL AND y.claims = 0 THEN
+            SELECT * INTO b FROM werkfluss.rate_limits x WHERE x.name = 'queue:' || k.name;
+            IF FOUND THEN
+                tokens := least(b.capacity::double precision,
+                                b.tokens + greatest(0, extract(epoch FROM now() - b.refreshed_at))
+                                           * b.capacity / b.period);
+                IF tokens < 1 THEN
+                    RETURN jsonb_build_object('kind', 'rate', 'name', 'queue ' || k.name,
+                        'until', now() + make_interval(secs => (1 - tokens) * b.period / b.capacity));
+                END IF;
+            END IF;
+        END IF;
+        IF k.worker_concurrency IS NOT NULL AND EXISTS (
+            SELECT 1 FROM werkfluss.workers w
+             WHERE w.state = 'running' AND y.workflow = ANY(w.workflows)
+               AND w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds)
+        ) AND NOT EXISTS (
+            SELECT 1 FROM werkfluss.workers w
+             WHERE w.state = 'running' AND y.workflow = ANY(w.workflows)
+               AND w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds)
+               AND (SELECT count(*) FROM werkfluss.queue x
+                     WHERE x.worker_id = w.id AND x.lease_id IS NOT NULL
+                       AND x.queue_name = y.queue_name) < k.worker_concurrency
+        ) THEN
+            RETURN jsonb_build_object('kind', 'worker_limit', 'queue', k.name,
+                                      'limit', k.worker_concurrency);
+        END IF;
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM werkfluss.workers w
+         WHERE w.state = 'running' AND y.workflow = ANY(w.workflows)
+           AND w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds)
+    ) THEN
+        RETURN jsonb_build_object('kind', 'no_worker', 'workflow', y.workflow);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION werkfluss._queue_slot_freed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    k        werkfluss.queues%ROWTYPE;
+    held     integer;
+    waiting  integer;
+    free     integer;
+    unparked integer;
+BEGIN
+    SELECT * INTO k FROM werkfluss.queues q WHERE q.name = OLD.queue_name;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF OLD.lease_id IS NOT NULL AND k.concurrency IS NOT NULL THEN
+        SELECT count(*) INTO held FROM werkfluss.queue y
+         WHERE y.queue_name = k.name AND y.lease_id IS NOT NULL;
+        IF held >= k.concurrency - 1 THEN
+            PERFORM pg_notify('werkfluss_queue', '');
+        END IF;
+    END IF;
+    IF k.per_key IS NOT NULL AND OLD.concurrency_key IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('werkfluss.key:' || k.name || chr(31) || OLD.concurrency_key, 0));
+        SELECT count(*) INTO held FROM werkfluss.queue y
+         WHERE y.queue_name = k.name AND y.concurrency_key = OLD.concurrency_key
+           AND y.lease_id IS NOT NULL;
+        SELECT count(*) INTO waiting FROM werkfluss.queue y
+         WHERE y.queue_name = k.name AND y.concurrency_key = OLD.concurrency_key
+           AND y.ready AND NOT y.parked;
+        free := k.per_key - held - waiting;
+        IF free > 0 THEN
+            UPDATE werkfluss.queue x SET parked = false
+             WHERE x.run_id = ANY(ARRAY(
+                       SELECT y.run_id FROM werkfluss.queue y
+                        WHERE y.queue_name = k.name AND y.concurrency_key = OLD.concurrency_key
+                          AND y.parked
+                        ORDER BY y.sort_at
+                        LIMIT free
+                          FOR UPDATE SKIP LOCKED));
+            GET DIAGNOSTICS unparked = ROW_COUNT;
+            IF unparked > 0 THEN
+                PERFORM pg_notify('werkfluss_queue', '');
+            END IF;
+        END IF;
+    END IF;
+    RETURN NULL;
 END
 $$;
 
@@ -103,10 +503,17 @@ BEGIN
             NULL;
         END;
     END LOOP;
+    -- The keys of the runs set free, in order, before their rows (see the top).
+    PERFORM pg_advisory_xact_lock(l.id) FROM (
+        SELECT DISTINCT hashtextextended('werkfluss.key:' || q.queue_name || chr(31) || q.concurrency_key, 0) AS id
+          FROM werkfluss.queue q
+         WHERE q.worker_id = ANY(dead) AND q.lease_id IS NOT NULL AND q.concurrency_key IS NOT NULL
+           AND q.queue_name IS NOT NULL
+         ORDER BY 1) l;
     -- worker_id stays: the next claim reports whose run it took over.
     WITH freed AS (
         UPDATE werkfluss.queue q
-           SET lease_id = NULL, available_at = now()
+           SET lease_id = NULL, available_at = now(), ready = true
          WHERE q.worker_id = ANY(dead) AND q.lease_id IS NOT NULL
         RETURNING q.run_id
     ), reset AS (
@@ -179,6 +586,35 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION werkfluss._take_token(name text, capacity integer, period double precision, run_id text DEFAULT NULL::text, waited boolean DEFAULT false) RETURNS double precision
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    available double precision := werkfluss._bucket(_take_token.name, _take_token.capacity,
+                                                    _take_token.period);
+    wait      double precision;
+BEGIN
+    IF available >= 1 THEN
+        UPDATE werkfluss.rate_limits b SET tokens = b.tokens - 1 WHERE b.name = _take_token.name;
+        IF waited AND _take_token.run_id IS NOT NULL THEN
+            UPDATE werkfluss.runs r SET waiting_on = NULL
+             WHERE r.id = _take_token.run_id AND r.waiting_on LIKE 'rate limit %';
+        END IF;
+        RETURN 0;
+    END IF;
+    wait := (1 - available) * _take_token.period / _take_token.capacity;
+    IF _take_token.run_id IS NOT NULL THEN
+        UPDATE werkfluss.runs r
+           SET waiting_on = format('rate limit %s until %s', _take_token.name,
+                                   to_char((now() + make_interval(secs => wait)) AT TIME ZONE 'UTC',
+                                           'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+         WHERE r.id = _take_token.run_id AND r.status = 'running';
+    END IF;
+    RETURN wait;
+END
+$$;
+
 CREATE FUNCTION werkfluss._wake(run_id text) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -189,7 +625,8 @@ DECLARE
 BEGIN
     UPDATE werkfluss.queue q
        SET wakeups = q.wakeups + 1,
-           available_at = CASE WHEN q.lease_id IS NULL THEN now() ELSE q.available_at END
+           available_at = CASE WHEN q.lease_id IS NULL THEN now() ELSE q.available_at END,
+           ready = CASE WHEN q.lease_id IS NULL THEN true ELSE q.ready END
      WHERE q.run_id = _wake.run_id
     RETURNING q.lease_id IS NULL, q.workflow INTO claimable, wf;
     IF FOUND THEN
@@ -229,6 +666,86 @@ BEGIN
         PERFORM werkfluss._wake(parent);
     END IF;
     RETURN true;
+END
+$$;
+
+CREATE FUNCTION werkfluss.declare_queue(name text, concurrency integer DEFAULT NULL::integer, per_key integer DEFAULT NULL::integer, worker_concurrency integer DEFAULT NULL::integer, rate_limit integer DEFAULT NULL::integer, rate_period interval DEFAULT NULL::interval, priority_aging interval DEFAULT '00:01:00'::interval) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    old     werkfluss.queues%ROWTYPE;
+    period  double precision := extract(epoch FROM declare_queue.rate_period);
+    aging   double precision := extract(epoch FROM declare_queue.priority_aging);
+BEGIN
+    IF declare_queue.name IS NULL OR btrim(declare_queue.name, E' \t\n\r\v\f') = ''
+       OR length(declare_queue.name) > 255 THEN
+        RAISE EXCEPTION 'werkfluss.declare_queue: the queue name is %',
+                CASE WHEN declare_queue.name IS NULL THEN 'NULL'
+                     WHEN length(declare_queue.name) > 255
+                     THEN format('%s characters long; the limit is 255', length(declare_queue.name))
+                     ELSE 'empty' END
+            USING ERRCODE = '22023', HINT = 'e.g. ''exports''';
+    END IF;
+    IF declare_queue.concurrency IS NOT NULL AND declare_queue.concurrency NOT BETWEEN 1 AND 1000000 THEN
+        RAISE EXCEPTION 'werkfluss.declare_queue: concurrency must be from 1 to 1000000 (or NULL: no limit), got %',
+                declare_queue.concurrency USING ERRCODE = '22023';
+    END IF;
+    IF declare_queue.per_key IS NOT NULL AND declare_queue.per_key NOT BETWEEN 1 AND 1000000 THEN
+        RAISE EXCEPTION 'werkfluss.declare_queue: per_key must be from 1 to 1000000 (or NULL: no limit), got %',
+                declare_queue.per_key USING ERRCODE = '22023';
+    END IF;
+    IF declare_queue.worker_concurrency IS NOT NULL
+       AND declare_queue.worker_concurrency NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'werkfluss.declare_queue: worker_concurrency must be from 1 to 10000 (or NULL: no limit), got %',
+                declare_queue.worker_concurrency USING ERRCODE = '22023';
+    END IF;
+    IF (declare_queue.rate_limit IS NULL) <> (declare_queue.rate_period IS NULL) THEN
+        RAISE EXCEPTION 'werkfluss.declare_queue: rate_limit and rate_period go together'
+            USING ERRCODE = '22023', HINT = 'e.g. rate_limit => 100, rate_period => ''1 minute''';
+    END IF;
+    IF declare_queue.rate_limit IS NOT NULL AND declare_queue.rate_limit NOT BETWEEN 1 AND 1000000000 THEN
+        RAISE EXCEPTION 'werkfluss.declare_queue: rate_limit must be from 1 to 1000000000, got %',
+                declare_queue.rate_limit USING ERRCODE = '22023';
+    END IF;
+    IF period IS NOT NULL AND (period <= 0 OR period > 2678400) THEN
+        RAISE EXCEPTION 'werkfluss.declare_queue: rate_period must be from 1 microsecond to 31 days, got %',
+                declare_queue.rate_period USING ERRCODE = '22023';
+    END IF;
+    IF aging IS NULL OR aging <= 0 OR aging > 86400 THEN
+        RAISE EXCEPTION 'werkfluss.declare_queue: priority_aging must be from 1 microsecond to 1 day, got %',
+                coalesce(declare_queue.priority_aging::text, 'NULL') USING ERRCODE = '22023';
+    END IF;
+
+    SELECT * INTO old FROM werkfluss.queues q WHERE q.name = declare_queue.name FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO werkfluss.queues (name, concurrency, per_key, worker_concurrency, rate_limit,
+                                      rate_period, priority_aging)
+        VALUES (declare_queue.name, declare_queue.concurrency, declare_queue.per_key,
+                declare_queue.worker_concurrency, declare_queue.rate_limit, period, aging)
+        ON CONFLICT (name) DO NOTHING;
+        IF FOUND THEN
+            RETURN 'created';
+        END IF;
+        SELECT * INTO old FROM werkfluss.queues q WHERE q.name = declare_queue.name FOR UPDATE;
+    END IF;
+    IF (old.concurrency, old.per_key, old.worker_concurrency, old.rate_limit, old.rate_period,
+        old.priority_aging)
+       IS NOT DISTINCT FROM (declare_queue.concurrency, declare_queue.per_key,
+                             declare_queue.worker_concurrency, declare_queue.rate_limit, period, aging) THEN
+        RETURN 'unchanged';
+    END IF;
+    UPDATE werkfluss.queues q
+       SET concurrency = declare_queue.concurrency, per_key = declare_queue.per_key,
+           worker_concurrency = declare_queue.worker_concurrency, rate_limit = declare_queue.rate_limit,
+           rate_period = period, priority_aging = aging, updated_at = now()
+     WHERE q.name = declare_queue.name;
+    IF old.per_key IS NOT NULL
+       AND (declare_queue.per_key IS NULL OR declare_queue.per_key > old.per_key) THEN
+        UPDATE werkfluss.queue y SET parked = false WHERE y.queue_name = declare_queue.name AND y.parked;
+    END IF;
+    PERFORM pg_notify('werkfluss_queue', '');
+    RETURN 'changed';
 END
 $$;
 
@@ -330,7 +847,10 @@ BEGIN
        SET status = 'pending', result = NULL, error = NULL, finished_at = NULL, deadline = NULL,
            wake_at = NULL, waiting_on = NULL, updated_at = now()
      WHERE x.id = r.id;
-    INSERT INTO werkfluss.queue (run_id, workflow) VALUES (r.id, r.workflow)
+    INSERT INTO werkfluss.queue (run_id, workflow, queue_name, concurrency_key, priority_lag)
+    VALUES (r.id, r.workflow, r.queue_name, r.concurrency_key,
+            r.priority * coalesce((SELECT k.priority_aging FROM werkfluss.queues k
+                                    WHERE k.name = r.queue_name), 60))
         ON CONFLICT (run_id) DO NOTHING;
     PERFORM pg_notify('werkfluss_queue', r.workflow);
     RETURN true;
@@ -378,7 +898,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION werkfluss.start_run(name text, args jsonb DEFAULT '[]'::jsonb, run_id text DEFAULT NULL::text, kwargs jsonb DEFAULT '{}'::jsonb, timeout interval DEFAULT NULL::interval) RETURNS text
+CREATE FUNCTION werkfluss.start_run(name text, args jsonb DEFAULT '[]'::jsonb, run_id text DEFAULT NULL::text, kwargs jsonb DEFAULT '{}'::jsonb, timeout interval DEFAULT NULL::interval, queue text DEFAULT NULL::text, concurrency_key text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, start_at timestamp with time zone DEFAULT NULL::timestamp with time zone, delay interval DEFAULT NULL::interval, debounce interval DEFAULT NULL::interval, debounce_key text DEFAULT NULL::text) RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
@@ -386,6 +906,12 @@ CREATE FUNCTION werkfluss.start_run(name text, args jsonb DEFAULT '[]'::jsonb, r
 DECLARE
     new_id   text := coalesce(start_run.run_id, pg_catalog.gen_random_uuid()::text);
     existing text;
+    qname    text := start_run.queue;
+    k        werkfluss.queues%ROWTYPE;
+    prio     integer := coalesce(start_run.priority, 0);
+    due      timestamptz;
+    dkey     text;
+    lag      double precision;
 BEGIN
     IF start_run.name IS NULL OR btrim(start_run.name, E' \t\n\r\v\f') = '' THEN
         RAISE EXCEPTION 'werkfluss.start_run: the workflow name is %',
@@ -431,26 +957,142 @@ BEGIN
         RAISE EXCEPTION 'werkfluss.start_run: timeout must be positive, got %', start_run.timeout
             USING ERRCODE = '22023', HINT = 'pass NULL for no time limit';
     END IF;
-
-    INSERT INTO werkfluss.runs (id, workflow, args, kwargs, deadline)
-    VALUES (new_id, start_run.name, start_run.args, start_run.kwargs,
-            now() + start_run.timeout)
-    ON CONFLICT (id) DO NOTHING;
-
-    IF NOT FOUND THEN
-        SELECT r.workflow INTO existing FROM werkfluss.runs r WHERE r.id = new_id;
-        IF existing IS DISTINCT FROM start_run.name THEN
-            RAISE EXCEPTION 'werkfluss.start_run: run id % already belongs to workflow %',
-                    new_id, existing
-                USING ERRCODE = '23505',
-                      HINT = 'use a run id that names the workflow, e.g. ''onboard:user-123''';
-        END IF;
-        RETURN new_id;
+    IF qname IS NOT NULL AND (btrim(qname, E' \t\n\r\v\f') = '' OR length(qname) > 255) THEN
+        RAISE EXCEPTION 'werkfluss.start_run: the queue name is %',
+                CASE WHEN length(qname) > 255 THEN format('%s characters long; the limit is 255', length(qname))
+                     ELSE 'empty' END
+            USING ERRCODE = '22023', HINT = 'pass NULL for the workflow''s default queue';
+    END IF;
+    IF start_run.concurrency_key IS NOT NULL
+       AND (btrim(start_run.concurrency_key, E' \t\n\r\v\f') = '' OR length(start_run.concurrency_key) > 255) THEN
+        RAISE EXCEPTION 'werkfluss.start_run: concurrency_key is %',
+                CASE WHEN length(start_run.concurrency_key) > 255
+                     THEN format('%s characters long; the limit is 255', length(start_run.concurrency_key))
+                     ELSE 'empty' END
+            USING ERRCODE = '22023', HINT = 'e.g. a customer id: ''customer-42''';
+    END IF;
+    IF start_run.debounce_key IS NOT NULL
+       AND (btrim(start_run.debounce_key, E' \t\n\r\v\f') = '' OR length(start_run.debounce_key) > 255) THEN
+        RAISE EXCEPTION 'werkfluss.start_run: debounce_key is %',
+                CASE WHEN length(start_run.debounce_key) > 255
+                     THEN format('%s characters long; the limit is 255', length(start_run.debounce_key))
+                     ELSE 'empty' END
+            USING ERRCODE = '22023';
+    END IF;
+    IF prio < 0 OR prio > 1000000 THEN
+        RAISE EXCEPTION 'werkfluss.start_run: priority must be from 0 (first) to 1000000, got %', prio
+            USING ERRCODE = '22023', HINT = 'lower numbers start first; the default is 0';
+    END IF;
+    IF start_run.start_at IS NOT NULL AND start_run.delay IS NOT NULL THEN
+        RAISE EXCEPTION 'werkfluss.start_run: pass start_at or delay, not both'
+            USING ERRCODE = '22023';
+    END IF;
+    IF start_run.start_at IS NOT NULL AND NOT isfinite(start_run.start_at) THEN
+        RAISE EXCEPTION 'werkfluss.start_run: start_at must be a finite time, got %', start_run.start_at
+            USING ERRCODE = '22023';
+    END IF;
+    IF start_run.delay IS NOT NULL AND start_run.delay < interval '0' THEN
+        RAISE EXCEPTION 'werkfluss.start_run: delay must not be negative, got %', start_run.delay
+            USING ERRCODE = '22023';
+    END IF;
+    IF start_run.debounce IS NOT NULL AND start_run.debounce <= interval '0' THEN
+        RAISE EXCEPTION 'werkfluss.start_run: debounce must be positive, got %', start_run.debounce
+            USING ERRCODE = '22023';
+    END IF;
+    IF start_run.debounce IS NULL AND start_run.debounce_key IS NOT NULL THEN
+        RAISE EXCEPTION 'werkfluss.start_run: debounce_key needs debounce'
+            USING ERRCODE = '22023', HINT = 'e.g. debounce => ''30 seconds''';
+    END IF;
+    IF start_run.debounce IS NOT NULL AND start_run.run_id IS NOT NULL THEN
+        RAISE EXCEPTION 'werkfluss.start_run: a debounced start cannot choose its run_id'
+            USING ERRCODE = '22023',
+                  HINT = 'a debounced start returns the id of the pending run of its key; '
+                         'use run_id or debounce, not both';
     END IF;
 
-    INSERT INTO werkfluss.queue (run_id, workflow) VALUES (new_id, start_run.name);
+    IF qname IS NULL THEN
+        SELECT wq.queue_name INTO qname FROM werkfluss.workflow_queues wq
+         WHERE wq.workflow = start_run.name AND wq.is_default;
+    END IF;
+    IF qname IS NOT NULL THEN
+        SELECT * INTO k FROM werkfluss.queues q WHERE q.name = qname;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'werkfluss.start_run: no queue named %', quote_literal(qname)
+                USING ERRCODE = '42704',
+                      HINT = 'declare it: Queue(...) in the code of the workers that serve the workflow, '
+                             'or SELECT werkfluss.declare_queue(...)';
+        END IF;
+    ELSIF start_run.concurrency_key IS NOT NULL THEN
+        RAISE EXCEPTION 'werkfluss.start_run: concurrency_key needs a queue, and % has none',
+                quote_literal(start_run.name)
+            USING ERRCODE = '22023',
+                  HINT = 'pass queue => ..., or give the workflow a default queue: @workflow(queue=...)';
+    END IF;
+
+    due := coalesce(start_run.start_at, now() + coalesce(start_run.delay, interval '0'));
+    IF start_run.debounce IS NOT NULL THEN
+        due := greatest(due, now() + start_run.debounce);
+        dkey := coalesce(start_run.debounce_key, start_run.concurrency_key, '');
+    END IF;
+    due := greatest(due, now());
+    lag := prio * coalesce(k.priority_aging, 60);
+
+    LOOP
+        IF dkey IS NOT NULL THEN
+            -- The debounced run of this key that has not started: it takes
+            -- these arguments and starts debounce from now.
+            SELECT q.run_id INTO existing FROM werkfluss.queue q
+             WHERE q.workflow = start_run.name AND q.debounce_key = dkey
+               FOR UPDATE;
+            IF FOUND THEN
+                UPDATE werkfluss.runs r
+                   SET args = start_run.args, kwargs = start_run.kwargs,
+                       deadline = due + start_run.timeout, wake_at = due, updated_at = now()
+                 WHERE r.id = existing;
+                UPDATE werkfluss.queue q SET available_at = due, ready = false
+                 WHERE q.run_id = existing;
+                PERFORM pg_notify('werkfluss_queue', start_run.name);
+                RETURN existing;
+            END IF;
+        END IF;
+        BEGIN
+            INSERT INTO werkfluss.runs (id, workflow, args, kwargs, deadline, wake_at,
+                                        queue_name, concurrency_key, priority)
+            VALUES (new_id, start_run.name, start_run.args, start_run.kwargs, due + start_run.timeout,
+                    CASE WHEN due > now() THEN due END, qname, start_run.concurrency_key, prio)
+            ON CONFLICT (id) DO NOTHING;
+            IF NOT FOUND THEN
+                SELECT r.workflow INTO existing FROM werkfluss.runs r WHERE r.id = new_id;
+                IF existing IS DISTINCT FROM start_run.name THEN
+                    RAISE EXCEPTION 'werkfluss.start_run: run id % already belongs to workflow %',
+                            new_id, existing
+                        USING ERRCODE = '23505',
+                              HINT = 'use a run id that names the workflow, e.g. ''onboard:user-123''';
+                END IF;
+                RETURN new_id;
+            END IF;
+            INSERT INTO werkfluss.queue (run_id, workflow, available_at, ready, queue_name,
+                                         concurrency_key, priority_lag, debounce_key)
+            VALUES (new_id, start_run.name, due, due <= now(), qname, start_run.concurrency_key, lag, dkey);
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            IF dkey IS NULL THEN
+                RAISE;
+            END IF;
+            -- A concurrent start of the same debounce key won: join its run.
+        END;
+    END LOOP;
+
+    IF qname IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM werkfluss.workflow_queues wq
+         WHERE wq.workflow = start_run.name AND wq.queue_name = qname
+    ) THEN
+        INSERT INTO werkfluss.workflow_queues (workflow, queue_name) VALUES (start_run.name, qname)
+            ON CONFLICT DO NOTHING;
+    END IF;
     -- Only the workflow name: ids, never payloads (NOTIFY caps at 8000 bytes),
-    -- and identical notifications in one transaction collapse into one.
+    -- and identical notifications in one transaction collapse into one. (A
+    -- delayed start too: workers learn when to look next.)
     PERFORM pg_notify('werkfluss_queue', start_run.name);
     RETURN new_id;
 END
@@ -514,8 +1156,45 @@ CREATE TABLE werkfluss.queue (
     lease_id uuid,
     worker_id text,
     claims integer DEFAULT 0 NOT NULL,
-    wakeups integer DEFAULT 0 NOT NULL
+    wakeups integer DEFAULT 0 NOT NULL,
+    queue_name text,
+    concurrency_key text,
+    priority_lag double precision DEFAULT 0 NOT NULL,
+    ready boolean DEFAULT true NOT NULL,
+    parked boolean DEFAULT false NOT NULL,
+    debounce_key text,
+    sort_at timestamp with time zone GENERATED ALWAYS AS ((((available_at AT TIME ZONE '00:00:00'::interval) + make_interval(secs => priority_lag)) AT TIME ZONE '00:00:00'::interval)) STORED
 );
+
+CREATE TABLE werkfluss.queues (
+    name text NOT NULL,
+    concurrency integer,
+    per_key integer,
+    worker_concurrency integer,
+    rate_limit integer,
+    rate_period double precision,
+    priority_aging double precision DEFAULT 60 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT queues_check CHECK (((rate_limit IS NULL) = (rate_period IS NULL))),
+    CONSTRAINT queues_concurrency_check CHECK (((concurrency >= 1) AND (concurrency <= 1000000))),
+    CONSTRAINT queues_per_key_check CHECK (((per_key >= 1) AND (per_key <= 1000000))),
+    CONSTRAINT queues_priority_aging_check CHECK (((priority_aging > (0)::double precision) AND (priority_aging <= (86400)::double precision))),
+    CONSTRAINT queues_rate_limit_check CHECK (((rate_limit >= 1) AND (rate_limit <= 1000000000))),
+    CONSTRAINT queues_rate_period_check CHECK (((rate_period > (0)::double precision) AND (rate_period <= (2678400)::double precision))),
+    CONSTRAINT queues_worker_concurrency_check CHECK (((worker_concurrency >= 1) AND (worker_concurrency <= 10000)))
+);
+
+CREATE TABLE werkfluss.rate_limits (
+    name text NOT NULL,
+    capacity integer NOT NULL,
+    period double precision NOT NULL,
+    tokens double precision NOT NULL,
+    refreshed_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT rate_limits_capacity_check CHECK ((capacity >= 1)),
+    CONSTRAINT rate_limits_period_check CHECK ((period > (0)::double precision))
+)
+WITH (fillfactor='50');
 
 CREATE TABLE werkfluss.runs (
     id text NOT NULL,
@@ -534,6 +1213,9 @@ CREATE TABLE werkfluss.runs (
     finished_at timestamp with time zone,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     delivered boolean DEFAULT false NOT NULL,
+    queue_name text,
+    concurrency_key text,
+    priority integer DEFAULT 0 NOT NULL,
     CONSTRAINT runs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'sleeping'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
 )
 WITH (fillfactor='80');
@@ -557,6 +1239,12 @@ CREATE TABLE werkfluss.workers (
 )
 WITH (fillfactor='50');
 
+CREATE TABLE werkfluss.workflow_queues (
+    workflow text NOT NULL,
+    queue_name text NOT NULL,
+    is_default boolean DEFAULT false NOT NULL
+);
+
 ALTER TABLE ONLY werkfluss.hook_payloads ALTER COLUMN id SET DEFAULT nextval('werkfluss.hook_payloads_id_seq'::regclass);
 
 ALTER TABLE ONLY werkfluss.events
@@ -574,11 +1262,20 @@ ALTER TABLE ONLY werkfluss.migrations
 ALTER TABLE ONLY werkfluss.queue
     ADD CONSTRAINT queue_pkey PRIMARY KEY (run_id);
 
+ALTER TABLE ONLY werkfluss.queues
+    ADD CONSTRAINT queues_pkey PRIMARY KEY (name);
+
+ALTER TABLE ONLY werkfluss.rate_limits
+    ADD CONSTRAINT rate_limits_pkey PRIMARY KEY (name);
+
 ALTER TABLE ONLY werkfluss.runs
     ADD CONSTRAINT runs_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY werkfluss.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY werkfluss.workflow_queues
+    ADD CONSTRAINT workflow_queues_pkey PRIMARY KEY (workflow, queue_name);
 
 CREATE INDEX hook_payloads_pending_idx ON werkfluss.hook_payloads USING btree (token, id) WHERE (consumed_seq IS NULL);
 
@@ -586,7 +1283,19 @@ CREATE INDEX hook_payloads_token_idx ON werkfluss.hook_payloads USING btree (tok
 
 CREATE UNIQUE INDEX hooks_run_id_seq_idx ON werkfluss.hooks USING btree (run_id, seq);
 
-CREATE INDEX queue_available_at_idx ON werkfluss.queue USING btree (available_at);
+CREATE UNIQUE INDEX queue_debounce_idx ON werkfluss.queue USING btree (workflow, debounce_key) WHERE (debounce_key IS NOT NULL);
+
+CREATE INDEX queue_due_idx ON werkfluss.queue USING btree (available_at) WHERE ((NOT ready) AND (lease_id IS NULL));
+
+CREATE INDEX queue_held_idx ON werkfluss.queue USING btree (queue_name, concurrency_key) WHERE ((lease_id IS NOT NULL) AND (queue_name IS NOT NULL));
+
+CREATE INDEX queue_key_ready_idx ON werkfluss.queue USING btree (queue_name, concurrency_key) WHERE ((concurrency_key IS NOT NULL) AND ready AND (NOT parked));
+
+CREATE INDEX queue_lease_expiry_idx ON werkfluss.queue USING btree (available_at) WHERE ((lease_id IS NOT NULL) AND (available_at < 'infinity'::timestamp with time zone));
+
+CREATE INDEX queue_line_idx ON werkfluss.queue USING btree (queue_name, sort_at) WHERE (ready AND (NOT parked));
+
+CREATE INDEX queue_parked_idx ON werkfluss.queue USING btree (queue_name, concurrency_key, sort_at) WHERE parked;
 
 CREATE INDEX queue_worker_id_idx ON werkfluss.queue USING btree (worker_id) WHERE (worker_id IS NOT NULL);
 
@@ -598,9 +1307,27 @@ CREATE INDEX runs_parent_id_idx ON werkfluss.runs USING btree (parent_id) WHERE 
 
 CREATE INDEX runs_undelivered_idx ON werkfluss.runs USING btree (parent_id) WHERE ((parent_id IS NOT NULL) AND (finished_at IS NOT NULL) AND (NOT delivered));
 
+CREATE UNIQUE INDEX workflow_queues_default_idx ON werkfluss.workflow_queues USING btree (workflow) WHERE is_default;
+
+CREATE TRIGGER queue_released AFTER UPDATE OF lease_id ON werkfluss.queue FOR EACH ROW WHEN (((old.queue_name IS NOT NULL) AND (old.lease_id IS NOT NULL) AND (new.lease_id IS NULL))) EXECUTE FUNCTION werkfluss._queue_slot_freed();
+
+CREATE TRIGGER queue_removed AFTER DELETE ON werkfluss.queue FOR EACH ROW WHEN (((old.queue_name IS NOT NULL) AND (NOT old.parked))) EXECUTE FUNCTION werkfluss._queue_slot_freed();
+
 GRANT USAGE ON SCHEMA werkfluss TO werkfluss_client;
 
+REVOKE ALL ON FUNCTION werkfluss._bucket(name text, capacity integer, period double precision) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss._cancel_tree(roots text[]) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._claim(workflows text[], lim integer, worker text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._declare_workflow_queue(workflow text, queue_name text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._lock_flow_keys(run_ids text[]) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._pending_reason(run_id text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._queue_slot_freed() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._reap_workers() FROM PUBLIC;
 
@@ -608,10 +1335,14 @@ REVOKE ALL ON FUNCTION werkfluss._run_inputs(run_id text, OUT wakeups integer, O
 
 REVOKE ALL ON FUNCTION werkfluss._send(token text, payload jsonb) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION werkfluss._take_token(name text, capacity integer, period double precision, run_id text, waited boolean) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss._wake(run_id text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss.cancel_run(run_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION werkfluss.cancel_run(run_id text) TO werkfluss_client;
+
+REVOKE ALL ON FUNCTION werkfluss.declare_queue(name text, concurrency integer, per_key integer, worker_concurrency integer, rate_limit integer, rate_period interval, priority_aging interval) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss.prune_runs(older_than interval, batch_size integer, wait boolean) FROM PUBLIC;
 
@@ -623,5 +1354,5 @@ GRANT ALL ON FUNCTION werkfluss.run_status(run_id text, OUT status text, OUT res
 REVOKE ALL ON FUNCTION werkfluss.send(token text, payload jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION werkfluss.send(token text, payload jsonb) TO werkfluss_client;
 
-REVOKE ALL ON FUNCTION werkfluss.start_run(name text, args jsonb, run_id text, kwargs jsonb, timeout interval) FROM PUBLIC;
-GRANT ALL ON FUNCTION werkfluss.start_run(name text, args jsonb, run_id text, kwargs jsonb, timeout interval) TO werkfluss_client;
+REVOKE ALL ON FUNCTION werkfluss.start_run(name text, args jsonb, run_id text, kwargs jsonb, timeout interval, queue text, concurrency_key text, priority integer, start_at timestamp with time zone, delay interval, debounce interval, debounce_key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION werkfluss.start_run(name text, args jsonb, run_id text, kwargs jsonb, timeout interval, queue text, concurrency_key text, priority integer, start_at timestamp with time zone, delay interval, debounce interval, debounce_key text) TO werkfluss_client;

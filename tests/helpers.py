@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Every werkfluss table a test may leave rows in (emptied before each test).
 TABLES = (
     "werkfluss.runs", "werkfluss.events", "werkfluss.queue", "werkfluss.hooks", "werkfluss.hook_payloads",
-    "werkfluss.workers",
+    "werkfluss.workers", "werkfluss.queues", "werkfluss.workflow_queues", "werkfluss.rate_limits",
 )
 
 
@@ -137,3 +137,61 @@ def login_role(dsn: str, *member_of: str, prefix: str = "werkfluss_test_login") 
     finally:
         sql(dsn, f'DROP OWNED BY "{name}"')
         sql(dsn, f'DROP ROLE "{name}"')
+
+
+class HeldSampler:
+    """A thread that reads, over and over, how many runs hold a worker per
+    queue, per (queue, key) and per (queue, worker), and keeps the most seen.
+
+        with HeldSampler(dsn) as sampler:
+            ...
+        assert sampler.max_queue["exports"] <= 20
+    """
+
+    QUERY = """SELECT queue_name, concurrency_key, worker_id, count(*) FROM werkfluss.queue
+                WHERE lease_id IS NOT NULL AND queue_name IS NOT NULL
+                GROUP BY queue_name, concurrency_key, worker_id"""
+
+    def __init__(self, dsn: str, interval: float = 0.002) -> None:
+        import threading
+
+        self.dsn = dsn
+        self.interval = interval
+        self.max_queue: dict[str, int] = {}
+        self.max_key: dict[tuple[str, str], int] = {}
+        self.max_worker: dict[tuple[str, str], int] = {}
+        self.samples = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="held-sampler", daemon=True)
+
+    def __enter__(self) -> HeldSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if self.error is not None:
+            raise AssertionError(f"the sampler failed: {self.error!r}")
+
+    def _run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                while not self._stop.is_set():
+                    queues: dict[str, int] = {}
+                    keys: dict[tuple[str, str], int] = {}
+                    workers: dict[tuple[str, str], int] = {}
+                    for queue, key, worker, held in conn.execute(self.QUERY).fetchall():
+                        queues[queue] = queues.get(queue, 0) + held
+                        if key is not None:
+                            keys[(queue, key)] = keys.get((queue, key), 0) + held
+                        workers[(queue, worker)] = workers.get((queue, worker), 0) + held
+                    for seen, most in ((queues, self.max_queue), (keys, self.max_key),
+                                       (workers, self.max_worker)):
+                        for name, held in seen.items():
+                            most[name] = max(most.get(name, 0), held)  # type: ignore[index]
+                    self.samples += 1
+                    self._stop.wait(self.interval)
+        except BaseException as err:  # reported by __exit__
+            self.error = err

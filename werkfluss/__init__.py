@@ -30,6 +30,7 @@ from werkfluss.errors import (
     NonDeterminismError,
     NotAWorkflowError,
     NotInRunError,
+    QueueNotFound,
     RecordRefused,
     RunCancelled,
     RunFailed,
@@ -44,6 +45,7 @@ from werkfluss.errors import (
     WorkflowBlocked,
     WorkflowSandboxError,
 )
+from werkfluss.flow import Queue, RateLimit, StartOptions
 from werkfluss.runs import RunHandle, RunInfo, StepRecord
 from werkfluss.runtime.context import StepInfo, now, step_info, uuid4
 from werkfluss.runtime.hooks import Hook, hook
@@ -51,6 +53,7 @@ from werkfluss.runtime.racing import race
 from werkfluss.runtime.steps import step
 from werkfluss.runtime.timers import sleep
 from werkfluss.runtime.workflows import workflow
+from werkfluss.store.flow import QueueInfo
 from werkfluss.telemetry import configure_logging
 from werkfluss.worker.worker import Worker
 
@@ -70,6 +73,10 @@ __all__ = [
     "NonDeterminismError",
     "NotAWorkflowError",
     "NotInRunError",
+    "Queue",
+    "QueueInfo",
+    "QueueNotFound",
+    "RateLimit",
     "RecordRefused",
     "RunCancelled",
     "RunFailed",
@@ -79,6 +86,7 @@ __all__ = [
     "RunNotFound",
     "SchemaNotReady",
     "SerializationError",
+    "StartOptions",
     "StepFailed",
     "StepInfo",
     "StepRecord",

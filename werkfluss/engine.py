@@ -13,20 +13,24 @@ embedded PostgreSQL (see :mod:`werkfluss.store.embedded`).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import Iterable
 from typing import Any, Literal
 
 from werkfluss import limits, serializer, telemetry
 from werkfluss.durations import Duration, optional_duration, parse_duration
-from werkfluss.errors import HookRefused, InvalidArgument
+from werkfluss.errors import HookRefused, InvalidArgument, QueueNotFound
+from werkfluss.flow import OPTION_NAMES, Queue, StartOptions, registered_queues
 from werkfluss.runs import STATUSES, RunHandle, RunInfo
 from werkfluss.runtime import workflows
 from werkfluss.runtime.workflows import Workflow
+from werkfluss.store import flow as flow_store
 from werkfluss.store import migrations
 from werkfluss.store import workers as registry
 from werkfluss.store.connector import Connector
 from werkfluss.store.embedded import start_embedded
+from werkfluss.store.flow import QueueInfo
 from werkfluss.store.listener import Listener
 from werkfluss.store.workers import WorkerInfo
 from werkfluss.worker.worker import Worker
@@ -146,37 +150,94 @@ class Engine:
         *args: Any,
         run_id: str | None = None,
         timeout: Duration | None = None,
+        options: StartOptions | None = None,
         **kwargs: Any,
     ) -> RunHandle:
         """Start a run of ``workflow`` (a ``@workflow`` or its registered name).
 
         ``run_id`` is an idempotency key: starting again with the same id
         returns the existing run (its first arguments win). ``timeout`` fails
-        the run if it has not finished that long after the start. Arguments
+        the run if it has not finished that long after it may start.
+        ``options`` (a :class:`~werkfluss.StartOptions`) chooses the queue, the
+        concurrency key, the priority, a delayed or debounced start. Arguments
         must be serializable (see :mod:`werkfluss.serializer`); nothing is
         stored if they are not.
 
             handle = await engine.start(onboard, "user-123", run_id="onboard:user-123")
+            await engine.start(export, "c-42", options=StartOptions(concurrency_key="c-42", delay="10m"))
         """
         # Everything is checked before the database is touched, with the
-        # limits the SQL function applies (werkfluss.limits).
+        # limits the SQL function applies (werkfluss.limits, werkfluss.flow).
         name = limits.check_workflow_name(workflows.name_of(workflow))
         if run_id is not None:
             run_id = limits.check_run_id(run_id)
         timeout_s = optional_duration(timeout, what="timeout")
         if timeout_s == 0:
             raise InvalidArgument(f"timeout must be positive, got {timeout!r}")
+        if options is not None and not isinstance(options, StartOptions):
+            raise InvalidArgument(
+                f"options must be a werkfluss.StartOptions, not {type(options).__name__}")
+        opts = options or StartOptions()
+        _refuse_misplaced_options(workflow, kwargs)
+        if opts.debounce is not None and run_id is not None:
+            raise InvalidArgument(
+                "a debounced start returns the run that the burst of starts becomes, so it cannot "
+                "choose its run_id; pass run_id or debounce, not both")
+        queue = opts.queue if opts.queue is not None else (
+            workflow.queue if isinstance(workflow, workflows.Workflow) else None)
+        queue_name = queue.name if isinstance(queue, Queue) else queue
+        if opts.concurrency_key is not None and queue_name is None and not isinstance(workflow, str):
+            raise InvalidArgument(
+                f"concurrency_key needs a queue, and {name} has none: pass StartOptions(queue=...) "
+                "or give the workflow one with @workflow(queue=...)")
         args_json = serializer.dumps(list(args), what=f"the arguments of {name}")
         kwargs_json = serializer.dumps(kwargs, what=f"the keyword arguments of {name}")
-        await self.open()
-        row = await self.connector.fetch_one(
-            "start_run", name=name, args=args_json, run_id=run_id,
-            kwargs=kwargs_json, timeout_seconds=timeout_s,
+        params = dict(
+            name=name, args=args_json, run_id=run_id, kwargs=kwargs_json, timeout_seconds=timeout_s,
+            queue=queue_name, concurrency_key=opts.concurrency_key, priority=opts.priority,
+            start_at=opts.start_at, delay_seconds=opts.delay_seconds,
+            debounce_seconds=opts.debounce_seconds, debounce_key=opts.debounce_key,
         )
+        await self.open()
+        try:
+            row = await self.connector.fetch_one("start_run", **params)
+        except QueueNotFound:
+            # A queue this process declares and the database does not know yet.
+            declared = queue if isinstance(queue, Queue) else registered_queues().get(queue_name or "")
+            if declared is None:
+                raise
+            await self.declare_queue(declared)
+            row = await self.connector.fetch_one("start_run", **params)
         assert row is not None
         handle = RunHandle(self, row["run_id"])
         telemetry.logger().info("run.started", run_id=handle.run_id, workflow=name)
         return handle
+
+    async def declare_queue(self, queue: Queue) -> str:
+        """Write ``queue``'s limits to the database: ``"created"``, ``"changed"`` or
+        ``"unchanged"``. Workers do this for the queues of the workflows they
+        serve when they start; call it to create a queue before any worker
+        runs (or see ``werkfluss.declare_queue`` in SQL).
+
+            await engine.declare_queue(Queue("exports", concurrency=20, per_key=5))
+        """
+        if not isinstance(queue, Queue):
+            raise InvalidArgument(f"declare_queue needs a werkfluss.Queue, not {type(queue).__name__}")
+        await self.open()
+        outcome = await flow_store.declare_queue(self.connector, queue)
+        if outcome != "unchanged":
+            telemetry.logger().info(f"queue.{outcome}", queue=queue.name)
+        return outcome
+
+    async def queues(self) -> list[QueueInfo]:
+        """Every queue: its limits, the runs holding a worker, and what waits (see
+        :class:`~werkfluss.store.flow.QueueInfo`).
+
+            for q in await engine.queues():
+                print(q.name, f"{q.running}/{q.concurrency}", q.depth)
+        """
+        await self.open()
+        return await flow_store.list_queues(self.connector)
 
     def handle(self, run_id: str) -> RunHandle:
         """A handle for an existing run (no query is made until you use it)."""
@@ -309,3 +370,23 @@ class Engine:
         await self.open()
         listener = await self._listener_ready()
         return self.connector, listener
+
+
+def _refuse_misplaced_options(workflow: Workflow[..., Any] | str, kwargs: dict[str, Any]) -> None:
+    """``engine.start(wf, concurrency_key="c-42")`` passes a keyword argument to the
+    workflow; if the workflow takes no such argument, it was meant as an option."""
+    misplaced = sorted(OPTION_NAMES & kwargs.keys())
+    if not misplaced or not isinstance(workflow, workflows.Workflow):
+        return
+    try:
+        parameters = inspect.signature(workflow.fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins and the like
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [m for m in misplaced if m not in parameters]
+    if unknown:
+        example = ", ".join(f"{m}=..." for m in unknown)
+        raise InvalidArgument(
+            f"{workflow.name} takes no argument {unknown[0]!r}: start options go in "
+            f"options=StartOptions({example})")

@@ -96,6 +96,12 @@ class RunNotFound(WerkflussError, LookupError):
         return f"no run with id {self.run_id!r}; list runs with `python -m werkfluss runs`"
 
 
+class QueueNotFound(WerkflussError, LookupError):
+    """A start names a queue the database does not know: declare it first
+    (``Queue(...)`` in the workers' code, ``engine.declare_queue``, or
+    ``werkfluss.declare_queue`` in SQL)."""
+
+
 class RunIdConflict(WerkflussError):
     """A ``run_id`` given as idempotency key already belongs to another workflow."""
 

@@ -65,9 +65,56 @@ def _json(text: str | None) -> Any:
         return {"type": "UnknownError", "message": text[:1000]}
 
 
+def describe_blocked(reason: dict[str, Any] | None) -> str | None:
+    """Why a pending run has not started, in words (``None``: it is next in line).
+
+        >>> describe_blocked({"kind": "key", "key": "customer-42", "held": 5, "limit": 5})
+        'key customer-42 at 5/5'
+    """
+    if not reason:
+        return None
+    kind = reason.get("kind")
+    if kind == "key":
+        return f"key {reason.get('key')} at {reason.get('held')}/{reason.get('limit')}"
+    if kind == "queue":
+        return f"queue {reason.get('queue')} at {reason.get('held')}/{reason.get('limit')}"
+    if kind == "worker_limit":
+        return (f"queue {reason.get('queue')} at its limit of {reason.get('limit')} per worker "
+                "on every worker serving it")
+    if kind == "rate":
+        return f"rate limit {reason.get('name')} until {_when(reason.get('until'))}"
+    if kind == "scheduled":
+        return f"scheduled for {_when(reason.get('at'))}"
+    if kind == "no_worker":
+        return f"no live worker serves {reason.get('workflow')}"
+    return str(reason)
+
+
+def _when(value: Any) -> str:
+    """A time as ``12:00:03 UTC`` today, else ``2026-11-28 02:00:00 UTC``."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if not isinstance(value, dt.datetime):
+        return str(value)
+    value = value.astimezone(dt.UTC)
+    if value.date() == dt.datetime.now(dt.UTC).date():
+        return value.strftime("%H:%M:%S UTC")
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 @dataclass(frozen=True)
 class RunInfo:
-    """A run as stored: what ``engine.runs()`` lists and ``handle.info()`` returns."""
+    """A run as stored: what ``engine.runs()`` lists and ``handle.info()`` returns.
+
+    ``queue``, ``concurrency_key`` and ``priority`` are how it was started;
+    ``blocked_by`` says, for a pending run, why it has not started yet
+    (``"queue exports at 20/20"``, ``"key customer-42 at 5/5"``,
+    ``"rate limit queue exports until 12:00:03 UTC"``, ``"scheduled for …"``,
+    ``"no live worker serves app.export"``); ``None`` when it is next in line.
+    """
 
     run_id: str
     workflow: str
@@ -84,6 +131,10 @@ class RunInfo:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     updated_at: dt.datetime
+    queue: str | None = None
+    concurrency_key: str | None = None
+    priority: int = 0
+    blocked_by: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> RunInfo:
@@ -103,6 +154,10 @@ class RunInfo:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             updated_at=row["updated_at"],
+            queue=row.get("queue_name"),
+            concurrency_key=row.get("concurrency_key"),
+            priority=row.get("priority") or 0,
+            blocked_by=describe_blocked(_json(row.get("blocked"))),
         )
 
     @property

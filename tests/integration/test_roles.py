@@ -342,7 +342,8 @@ async def test_a_plain_owner_role_migrates_and_its_functions_serve_the_client(
     async with Engine(owner_dsn, pool_size=1) as engine:
         assert len(await engine.migrate()) == len(load_migrations())
     owner = psycopg.conninfo.conninfo_to_dict(owner_dsn)["user"]
-    start_run = "'werkfluss.start_run(text,jsonb,text,jsonb,interval)'::regprocedure"
+    start_run = ("'werkfluss.start_run(text,jsonb,text,jsonb,interval,text,text,integer,timestamptz,"
+                 "interval,interval,text)'::regprocedure")
     query = f"SELECT proowner::regrole::text FROM pg_proc WHERE oid = {start_run}"
     assert sql_value(owner_dsn, query) == owner
     with login_role(admin_dsn, CLIENT) as client:

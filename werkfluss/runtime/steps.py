@@ -6,6 +6,9 @@
     @step(retries=3, retry_delay="500ms", backoff=2.0, timeout="30s")
     def send_email(data: dict) -> None: ...   # sync steps run in a thread
 
+    @step(rate_limit="api:100/min")           # at most 100 executions a minute, all workers
+    async def call_api(path: str) -> dict: ...
+
 Inside a workflow run, calling a step returns an awaitable; its position in
 the run (its *seq*) is fixed at the call, so ``asyncio.gather`` over steps
 replays deterministically. Outside a run a step is the plain function.
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from werkfluss import serializer
 from werkfluss.durations import Duration, optional_duration, parse_duration
 from werkfluss.errors import InvalidArgument, StepFailed
+from werkfluss.flow import RateLimit, parse_rate_limit
 from werkfluss.limits import check_name
 from werkfluss.records import LogRecord
 from werkfluss.runtime import context
@@ -46,6 +50,7 @@ class StepOptions:
     retry_delay: float = 1.0
     backoff: float = 2.0
     timeout: float | None = None
+    rate_limit: RateLimit | None = None
 
     def delay_before(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based), at most a day."""
@@ -106,6 +111,7 @@ def step(
     backoff: float = 2.0,
     timeout: Duration | None = None,
     name: str | None = None,
+    rate_limit: str | RateLimit | None = None,
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -118,6 +124,7 @@ def step(
     backoff: float = 2.0,
     timeout: Duration | None = None,
     name: str | None = None,
+    rate_limit: str | RateLimit | None = None,
 ) -> Any:
     """Make a function a durable step (bare ``@step`` or ``@step(retries=3, ...)``).
 
@@ -128,6 +135,10 @@ def step(
       ``TimeoutError`` and counts as a failure (a sync step's thread cannot be
       stopped and finishes in the background).
     * ``name`` — the name recorded in the log (default ``module.qualname``).
+    * ``rate_limit`` — ``"name:N/period"``, e.g. ``"api:100/min"``: every
+      attempt takes a token from the bucket ``name``, shared by all workers
+      and all steps that name it; without a token the attempt waits on its
+      worker (the run keeps its worker slot) until one is there.
     """
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= MAX_RETRIES:
         raise InvalidArgument(f"retries must be a whole number from 0 to {MAX_RETRIES}, got {retries!r}")
@@ -139,6 +150,7 @@ def step(
         retry_delay=parse_duration(retry_delay, what="retry_delay"),
         backoff=float(backoff),
         timeout=optional_duration(timeout, what="timeout"),
+        rate_limit=None if rate_limit is None else parse_rate_limit(rate_limit),
     )
     if options.timeout == 0:
         raise InvalidArgument("timeout must be positive")

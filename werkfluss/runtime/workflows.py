@@ -6,6 +6,9 @@
     @workflow(name="onboard")      # or under a name of your choice
     async def onboard_v2(user_id: str) -> str: ...
 
+    @workflow(queue=exports)       # its runs go to this queue unless a start says otherwise
+    async def export(customer: str) -> None: ...
+
 A worker serves the workflows registered in its process (importing the module
 with ``--app`` registers them). Outside a run, a workflow is the plain
 coroutine function; awaited inside another workflow's run it starts a child run.
@@ -19,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from werkfluss.errors import InvalidArgument, NotAWorkflowError, UnknownWorkflowError
+from werkfluss.flow import Queue, queue_name
 from werkfluss.limits import check_workflow_name
 from werkfluss.runtime import context
 
@@ -31,10 +35,16 @@ _REGISTRY: dict[str, Workflow[..., Any]] = {}
 class Workflow(Generic[P, R]):
     """A function registered with ``@workflow``."""
 
-    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]], name: str) -> None:
+    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]], name: str,
+                 queue: Queue | str | None = None) -> None:
         self.fn = fn
         self.name = name
+        self.queue = queue  # the default queue of its runs (a Queue, a queue's name, or None)
         functools.update_wrapper(self, fn)
+
+    @property
+    def queue_name(self) -> str | None:
+        return queue_name(self.queue)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         run = context.current_instance()
@@ -61,12 +71,19 @@ async def _plain(fn: Callable[..., Coroutine[Any, Any, R]], args: Any, kwargs: A
 def workflow(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Workflow[P, R]: ...
 @overload
 def workflow(
-    *, name: str | None = None
+    *, name: str | None = None, queue: Queue | str | None = None
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Workflow[P, R]]: ...
 
 
-def workflow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
-    """Register an ``async def`` as a durable workflow (bare, or ``@workflow(name=...)``)."""
+def workflow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+             queue: Queue | str | None = None) -> Any:
+    """Register an ``async def`` as a durable workflow (bare, or ``@workflow(name=..., queue=...)``).
+
+    ``queue`` (a :class:`~werkfluss.Queue` or a queue's name) is the default
+    queue of its runs; the workers that serve the workflow store it in the
+    database, so runs started from SQL go there too.
+    """
+    queue_name(queue)  # a bad queue fails at the decorator
 
     def decorate(func: Callable[..., Any]) -> Any:
         if isinstance(func, Workflow):
@@ -77,7 +94,7 @@ def workflow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None
                 "is not one"
             )
         wf_name = check_workflow_name(f"{func.__module__}.{func.__qualname__}" if name is None else name)
-        wf = Workflow(func, wf_name)
+        wf = Workflow(func, wf_name, queue)
         register(wf)
         return wf
 

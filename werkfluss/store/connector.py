@@ -31,6 +31,7 @@ from werkfluss.errors import (
     DatabaseError,
     DatabaseUnavailable,
     InvalidArgument,
+    QueueNotFound,
     RecordRefused,
     RunIdConflict,
     RunNotFound,
@@ -52,6 +53,7 @@ def _quietly(pool: Any) -> None:
 READ_ONLY = frozenset({
     "get_run", "list_runs", "list_events", "list_steps", "read_logs", "run_inputs", "next_due",
     "schema_state", "worker_held_runs", "list_workers", "migrations_applied", "migrations_table_exists",
+    "list_queues",
 })
 
 # SQLSTATEs after which the same transaction is expected to succeed when run again.
@@ -491,7 +493,7 @@ def translate_error(err: psycopg.Error, params: Params, connector: Connector) ->
       :class:`ValueRefused`, an ``InvalidArgument`` that is also a ``DatabaseError``;
     - the schema is missing or old: :class:`SchemaNotReady`;
     - ``P0002`` for a run id: :class:`RunNotFound`; a run id taken by another
-      workflow: :class:`RunIdConflict`;
+      workflow: :class:`RunIdConflict`; ``42704`` for a queue: :class:`QueueNotFound`;
     - anything else: :class:`DatabaseError`, quoting PostgreSQL's message.
     """
     if _connection_failed(err):
@@ -506,6 +508,9 @@ def translate_error(err: psycopg.Error, params: Params, connector: Connector) ->
             f"{message}; a worker started with `python -m werkfluss.worker --migrate` applies "
             "the migrations too"
         )
+    if isinstance(err, psycopg.errors.UndefinedObject) and message.startswith("werkfluss.") \
+            and "no queue named" in message:
+        return QueueNotFound(message + hint)
     if isinstance(err, psycopg.errors.NoDataFound) and "run_id" in params:
         return RunNotFound(str(params["run_id"]))
     if isinstance(err, psycopg.errors.UniqueViolation) and message.startswith("werkfluss."):

@@ -27,7 +27,10 @@ from typing import Any
 from werkfluss import telemetry
 from werkfluss.errors import DatabaseBusy, DatabaseUnavailable, LeaseLost, RecordRefused
 from werkfluss.store.connector import Connector, Params
-from werkfluss.store.writes import ORDER, CreateHook, FinishRun, ReleaseRun, Write
+from werkfluss.store.writes import ORDER, CreateHook, FinishRun, ReleaseRun, SuspendRun, Write
+
+# Writes that take a run off its worker: they free a slot of its queue and key.
+RELEASING: tuple[type[Write], ...] = (SuspendRun, FinishRun, ReleaseRun)
 
 
 class Recorder:
@@ -182,14 +185,20 @@ class Recorder:
                 by_kind.setdefault(type(write), []).append(write)
         plan: list[tuple[type[Write] | None, list[Write]]] = []
         statements: list[tuple[str, Params]] = []
+        # Advisory locks first, in the global lock order: hook tokens, then the
+        # concurrency keys of the runs this batch takes off their worker.
+        if CreateHook in by_kind:
+            tokens = [w.token for w in by_kind[CreateHook]]  # type: ignore[attr-defined]
+            statements.append(("lock_hook_tokens", {"tokens": tokens}))
+            plan.append((None, []))
+        releasing = [w.lease.run_id for kind in RELEASING for w in by_kind.get(kind, ())]
+        if releasing:
+            statements.append(("lock_flow_keys", {"run_ids": releasing}))
+            plan.append((None, []))
         for kind in ORDER:
             writes = by_kind.get(kind)
             if not writes:
                 continue
-            if kind is CreateHook:
-                tokens = [w.token for w in writes]  # type: ignore[attr-defined]
-                statements.append(("lock_hook_tokens", {"tokens": tokens}))
-                plan.append((None, []))
             statements.append((kind.statement, kind.params(writes)))
             plan.append((kind, writes))
         if not statements:

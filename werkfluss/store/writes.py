@@ -8,7 +8,8 @@ future fails with :class:`LeaseLost`.
 
 The :class:`~werkfluss.store.recorder.Recorder` batches writes of many runs
 into one transaction, one statement per kind, in :data:`ORDER` (the global
-lock order: hook tokens' advisory locks, then queue rows, then runs rows).
+lock order: hook tokens' advisory locks, then those of concurrency keys, then queue
+rows, then runs rows).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 from werkfluss import telemetry
 from werkfluss.clock import Cancellable
 from werkfluss.errors import DatabaseError, LeaseLost, RecordRefused, SerializationError, WerkflussError
+from werkfluss.flow import RateLimit
 from werkfluss.runtime import commands as cmd
 from werkfluss.runtime.failures import error_json
 from werkfluss.runtime.instance import WorkflowInstance
 from werkfluss.runtime.state import RunState
 from werkfluss.store import dispatch
+from werkfluss.store import flow as flow_store
 from werkfluss.store import writes as w
 from werkfluss.worker.executor import run_attempts
 
@@ -303,10 +306,28 @@ class RunDriver:
         if barrier is not None and not barrier.done():
             await asyncio.wait([barrier])
 
+        rate_limit = command.step.options.rate_limit
+        waited = False
+
         async def may_run() -> None:
-            await self.worker.lease_valid()
-            if self._write_failed or self.abandoned or self._left() or command.seq not in self._steps:
-                raise asyncio.CancelledError(f"step {command.seq} of run {self.run_id} may not run here now")
+            nonlocal waited
+            while True:
+                await self.worker.lease_valid()
+                if self._write_failed or self.abandoned or self._left() or command.seq not in self._steps:
+                    raise asyncio.CancelledError(
+                        f"step {command.seq} of run {self.run_id} may not run here now")
+                if rate_limit is None:
+                    return
+                wait = await self._take_token(rate_limit, waited)
+                if wait <= 0:
+                    return
+                if not waited:
+                    telemetry.logger().info("step.rate_limited", run_id=self.run_id, step=command.step.name,
+                                            seq=command.seq, rate_limit=rate_limit.name,
+                                            wait_ms=round(wait * 1000, 3))
+                waited = True
+                # Waiters wake a little apart, so that they do not all ask for the same token.
+                await asyncio.sleep(wait + random.uniform(0, 0.1 * wait + 0.005))
 
         def may_start() -> bool:  # asked in a pool thread just before a sync body starts
             return (self.worker.liveness.valid() and not (self._write_failed or self.abandoned)
@@ -330,6 +351,22 @@ class RunDriver:
             log.debug("step.completed", run_id=self.run_id, step=command.step.name, seq=command.seq,
                       attempts=outcome.attempts, duration_ms=round(took * 1000, 3))
         self.post(lambda: self.instance.step_done(command.seq, outcome))
+
+    async def _take_token(self, rate_limit: RateLimit, waited: bool) -> float:
+        """0 once a token of the step's rate limit is taken, else the seconds to wait."""
+        failures = 0
+        while True:
+            try:
+                return await flow_store.take_token(
+                    self.worker.connector, name=rate_limit.name, capacity=rate_limit.limit,
+                    period=rate_limit.period, run_id=self.run_id, waited=waited)
+            except DatabaseError as err:
+                if failures == 0:
+                    telemetry.logger().warning("step.rate_limit_failed", run_id=self.run_id,
+                                               rate_limit=rate_limit.name, error=str(err))
+                failures += 1
+                await asyncio.sleep(min(1.0, 0.05 * 2**failures))
+                await self.worker.lease_valid()
 
     # --- time -------------------------------------------------------------------------------
 

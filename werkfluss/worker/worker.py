@@ -12,7 +12,9 @@ What a worker does:
 
 * **Claims** due runs with ``FOR UPDATE SKIP LOCKED`` when it has free slots,
   woken by ``LISTEN/NOTIFY`` and by the next known due time, with a slow poll
-  as the safety net.
+  as the safety net. The claim keeps within the limits of the runs' queues
+  (see :mod:`werkfluss.flow`); the worker declares the queues of the
+  workflows it serves when it starts.
 * **Beats** one heartbeat row every ``lease / 3`` seconds instead of renewing
   every held run, and **reaps** workers whose heartbeat stopped, so their runs
   are taken over after one lease (see :mod:`werkfluss.worker.heartbeat`).
@@ -41,11 +43,13 @@ from werkfluss import telemetry
 from werkfluss.clock import DatabaseClock
 from werkfluss.durations import Duration, parse_duration
 from werkfluss.errors import ConfigurationError, DatabaseError, InvalidArgument
+from werkfluss.flow import Queue, registered_queues
 from werkfluss.runtime import workflows
 from werkfluss.runtime.instance import WorkflowInstance
 from werkfluss.runtime.state import RunState
 from werkfluss.runtime.workflows import Workflow
 from werkfluss.store import dispatch
+from werkfluss.store import flow as flow_store
 from werkfluss.store import workers as registry
 from werkfluss.store.connector import Connector
 from werkfluss.store.listener import QUEUE_CHANNEL, RUNS_CHANNEL, WAKE_CHANNEL, Listener
@@ -211,6 +215,7 @@ class Worker:
             clock=self.clock, app_name=self.app_name,
         )
         self.liveness.confirmed(time.monotonic() - 0.001)
+        await self._declare_queues(connector)
         self._unsubscribe = [
             listener.subscribe(QUEUE_CHANNEL, self._on_queue),
             listener.subscribe(RUNS_CHANNEL, self._on_runs),
@@ -236,6 +241,25 @@ class Worker:
             "worker.started", worker_id=self.worker_id, workflows=self.workflow_names,
             concurrency=self.concurrency, lease_s=self.lease_seconds,
         )
+
+    async def _declare_queues(self, connector: Connector) -> None:
+        """Write the queues declared in this process and the default queue of
+        each workflow served, so that SQL starters and other workers agree."""
+        log = telemetry.logger()
+        queues = registered_queues()
+        for wf in self._workflows.values():
+            if isinstance(wf.queue, Queue):
+                queues.setdefault(wf.queue.name, wf.queue)
+        for queue in queues.values():
+            outcome = await flow_store.declare_queue(connector, queue)
+            if outcome == "changed":
+                log.warning("queue.changed", queue=queue.name, worker_id=self.worker_id,
+                            concurrency=queue.concurrency, per_key=queue.per_key,
+                            worker_concurrency=queue.worker_concurrency, rate_limit=queue.rate_limit)
+            elif outcome == "created":
+                log.info("queue.created", queue=queue.name, worker_id=self.worker_id)
+        for name, wf in self._workflows.items():
+            await flow_store.declare_workflow_queue(connector, name, wf.queue_name)
 
     def _resolve_workflows(self) -> dict[str, Workflow[..., Any]]:
         if self._requested is None:
