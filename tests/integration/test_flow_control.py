@@ -514,3 +514,53 @@ def test_positional_sql_starts_keep_working(dsn: str) -> None:
         dsn, "SELECT werkfluss.start_run('tests.flow.plain', '[\"x\"]', 'flow:pos', '{}', '1 hour')")
     assert run_id == "flow:pos"
     assert sql(dsn, "SELECT queue_name, priority FROM werkfluss.runs WHERE id = 'flow:pos'") == [(None, 0)]
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_the_cli_starts_into_queues_and_shows_queues_and_why_runs_wait(dsn: str) -> None:
+    from ..helpers import run_cli
+
+    sql(dsn, "SELECT werkfluss.declare_queue('tests.flow.cli', concurrency => 3, per_key => 1)")
+    for i in range(2):
+        started = run_cli("start", "tests.flow.plain", f'["c{i}"]', "--queue", "tests.flow.cli",
+                          "--concurrency-key", "k", "--priority", "2", dsn=dsn)
+        assert started.returncode == 0, started.stderr
+    later = run_cli("start", "tests.flow.plain", "[]", "--queue", "tests.flow.cli", "--delay", "1h", dsn=dsn)
+    assert later.returncode == 0, later.stderr
+    # One run of the key holds a worker; the claim parks the other.
+    sql(dsn, "SELECT run_id FROM werkfluss._claim(ARRAY['tests.flow.plain'], 5, 'cli-worker')")
+
+    queues = run_cli("queues", dsn=dsn)
+    assert queues.returncode == 0, queues.stderr
+    header, _, row = queues.stdout.strip().splitlines()
+    assert header.split() == ["queue", "running", "per", "key", "per", "worker", "start", "rate", "ready",
+                              "parked", "scheduled", "suspended", "keys", "at", "limit"]
+    assert row.split() == ["tests.flow.cli", "1/3", "1", "-", "-", "0", "1", "1", "0", "1"]
+    as_json = run_cli("queues", "--json", dsn=dsn)
+    (queue,) = __import__("json").loads(as_json.stdout)
+    assert (queue["running"], queue["parked"], queue["depth"]) == (1, 1, 2)
+
+    runs = run_cli("runs", "--status", "pending", dsn=dsn)
+    assert "key k at 1/1" in runs.stdout
+    assert "scheduled for" in runs.stdout
+    parked = sql_value(dsn, "SELECT run_id FROM werkfluss.queue WHERE parked")
+    show = run_cli("show", parked, dsn=dsn)
+    assert "queue:     tests.flow.cli" in show.stdout
+    assert "key:       k" in show.stdout
+    assert "priority:  2" in show.stdout
+    assert "blocked by: key k at 1/1" in show.stdout
+
+
+def test_the_cli_refuses_bad_start_options_with_one_line(dsn: str) -> None:
+    from ..helpers import run_cli
+
+    result = run_cli("start", "tests.flow.plain", "[]", "--priority", "-1", dsn=dsn)
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("werkfluss: priority must be a whole number from 0 (first) to "
+                                     "1,000,000, got -1")
+    result = run_cli("start", "tests.flow.plain", "[]", "--queue", "nowhere", dsn=dsn)
+    assert result.returncode == 1
+    assert "no queue named 'nowhere'" in result.stderr
+    assert sql_value(dsn, "SELECT count(*) FROM werkfluss.runs") == 0

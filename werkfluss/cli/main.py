@@ -5,6 +5,8 @@
     python -m werkfluss runs [--status failed] [--workflow NAME] [--limit 20] [--json]
     python -m werkfluss show RUN_ID [--json]
     python -m werkfluss start NAME '["user-123"]' [--run-id ID] [--timeout 1h] [--wait]
+                              [--queue Q] [--concurrency-key K] [--priority N] [--delay 10m]
+    python -m werkfluss queues [--json]
     python -m werkfluss send TOKEN '{"approved": true}'
     python -m werkfluss cancel RUN_ID
 
@@ -25,9 +27,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from werkfluss import limits, telemetry
+from werkfluss.cli import queues as queues_cli
 from werkfluss.durations import parse_duration
 from werkfluss.engine import Engine
 from werkfluss.errors import InvalidArgument, RunCancelled, RunFailed, WerkflussError
+from werkfluss.flow import StartOptions
 from werkfluss.runs import STATUSES, RunInfo, StepRecord
 
 # --- formatting ------------------------------------------------------------------------
@@ -71,7 +75,8 @@ def format_steps(steps: Sequence[StepRecord]) -> str:
 
 def format_runs(runs: Sequence[RunInfo]) -> str:
     rows = [
-        [r.run_id, r.workflow, r.status, r.created_at, r.finished_at, r.wake_at or r.waiting_on]
+        [r.run_id, r.workflow, r.status, r.created_at, r.finished_at,
+         r.blocked_by or r.wake_at or r.waiting_on]
         for r in runs
     ]
     return format_table(["run_id", "workflow", "status", "created", "finished", "waits for"], rows)
@@ -83,7 +88,8 @@ def _run_json(info: RunInfo) -> dict[str, Any]:
         "args": info.args, "kwargs": info.kwargs, "result": info.result, "error": info.error,
         "parent_id": info.parent_id, "wake_at": info.wake_at, "waiting_on": info.waiting_on,
         "created_at": info.created_at, "started_at": info.started_at,
-        "finished_at": info.finished_at,
+        "finished_at": info.finished_at, "queue": info.queue, "concurrency_key": info.concurrency_key,
+        "priority": info.priority, "blocked_by": info.blocked_by,
     }
 
 
@@ -125,7 +131,8 @@ async def cmd_show(engine: Engine, args: argparse.Namespace) -> int:
         ("workflow", info.workflow), ("status", info.status), ("args", info.args),
         ("kwargs", info.kwargs or None), ("created", info.created_at),
         ("finished", info.finished_at), ("wakes at", info.wake_at),
-        ("waits on", info.waiting_on), ("parent", info.parent_id),
+        ("waits on", info.waiting_on), ("parent", info.parent_id), ("queue", info.queue),
+        ("key", info.concurrency_key), ("priority", info.priority or None), ("blocked by", info.blocked_by),
         ("result", info.result if info.status == "completed" else None),
     ):
         if value is not None:
@@ -137,7 +144,8 @@ async def cmd_show(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
-    handle = await engine.start(args.name, *args.positional, run_id=args.run_id, timeout=args.timeout)
+    handle = await engine.start(args.name, *args.positional, run_id=args.run_id, timeout=args.timeout,
+                                options=args.options)
     print(handle.run_id)
     if args.wait:
         try:
@@ -204,6 +212,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise InvalidArgument(
                 f"ARGS must be a JSON array, e.g. '[\"user-123\"]', not {_short(args.args)}"
             )
+        args.options = StartOptions(queue=args.queue, concurrency_key=args.concurrency_key,
+                                    priority=args.priority, delay=args.delay)
     elif args.command == "send":
         limits.check_token(args.token)
         try:
@@ -256,6 +266,10 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--timeout", help="fail the run if not finished within, e.g. 1h")
     start.add_argument("--wait", action="store_true", help="wait for the result and print it")
     start.add_argument("--wait-timeout", type=float, default=None)
+    start.add_argument("--queue", help="the queue (default: the workflow's queue)")
+    start.add_argument("--concurrency-key", help="the key of the queue's per-key limit")
+    start.add_argument("--priority", type=int, help="0 (first, the default) to 1000000")
+    start.add_argument("--delay", help="start no earlier than this from now, e.g. 10m")
 
     send = sub.add_parser("send", parents=[common], help="deliver a payload to a hook")
     send.add_argument("token", metavar="TOKEN")
@@ -264,6 +278,7 @@ def parser() -> argparse.ArgumentParser:
 
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a run")
     cancel.add_argument("run_id", metavar="RUN")
+    queues_cli.add_parser(sub, common)
     return p
 
 
@@ -274,6 +289,7 @@ COMMANDS = {
     "start": cmd_start,
     "send": cmd_send,
     "cancel": cmd_cancel,
+    "queues": queues_cli.cmd_queues,
 }
 
 
