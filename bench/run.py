@@ -29,6 +29,14 @@ Workloads (each repetition in a fresh process against a fresh database):
   sizes (equal when a parent's cost is O(n) in its children).
 * ``payloads`` — one run iterating a hook while 1,000, then 10,000 payloads
   are sent one after the other: time per payload at both sizes.
+* ``flow`` — 10,000 chain10 runs in no queue, then 10,000 in a queue with a
+  per-key limit of 2 over 1,000 keys, each drained by an in-process worker
+  (concurrency 32): runs/s of both and their ratio.
+* ``flowclaim`` — claim latency (one ``werkfluss._claim`` of one run, as a
+  worker serving every workflow here makes it) with nothing blocked, with
+  100,000 runs parked behind one key at its limit, and with 100,000 runs in a
+  queue at its concurrency limit: p50/p99 of each, and how long the claim
+  that first meets the 100,000 parks them takes.
 
 Needs a PostgreSQL server on which databases can be created:
 ``$BENCH_DSN`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``).
@@ -60,7 +68,8 @@ ROOT = HERE.parent
 PEERS = ROOT.parent / "shared" / "peer-bench"
 SERVER_DSN = os.environ.get("BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-WORKLOADS = ("w2proc", "w2", "w1", "w1proc", "w3", "wake", "sleepers", "children", "payloads")
+WORKLOADS = ("w2proc", "w2", "w1", "w1proc", "w3", "wake", "sleepers", "children", "payloads", "flow",
+             "flowclaim")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -324,6 +333,97 @@ async def payloads(dsn: str, sizes: tuple[int, int]) -> dict[str, Any]:
     return out
 
 
+async def _drain(engine: Any, dsn: str, workflow: str, total: int) -> float:
+    """Seconds for an in-process worker (concurrency 32) to finish every run of ``workflow``."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        t0 = time.perf_counter()
+        async with engine.worker(concurrency=32, workflows=[workflow]):
+            while True:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM werkfluss.runs WHERE workflow = %s AND status = 'completed'",
+                    [workflow])
+                row = await cur.fetchone()
+                assert row is not None
+                if row[0] == total:
+                    return time.perf_counter() - t0
+                await asyncio.sleep(0.02)
+
+
+async def flow(dsn: str, runs: int, keys: int) -> dict[str, Any]:
+    from bench.workloads import KEYED
+    from werkfluss import Engine
+
+    async with Engine(dsn) as engine:
+        await engine.declare_queue(KEYED)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute("SELECT werkfluss.start_run('bench.chain10') FROM generate_series(1, %s)",
+                               [runs])
+            plain_s = await _drain(engine, dsn, "bench.chain10", runs)
+            await conn.execute(
+                "SELECT werkfluss.start_run('bench.chain10_keyed', queue => 'bench.keyed',"
+                " concurrency_key => 'k' || (i %% %s)) FROM generate_series(1, %s) i", [keys, runs])
+            keyed_s = await _drain(engine, dsn, "bench.chain10_keyed", runs)
+    return {
+        "runs": runs, "keys": keys,
+        "plain_runs_per_s": round(runs / plain_s, 1),
+        "keyed_runs_per_s": round(runs / keyed_s, 1),
+        "ratio": round(plain_s / keyed_s, 3),
+    }
+
+
+async def flowclaim(dsn: str, blocked: int, claims: int) -> dict[str, Any]:
+    from bench.workloads import BLOCKED_KEY, BLOCKED_QUEUE
+    from werkfluss import Engine
+
+    serving = ["bench.one_step", "bench.blocked"]
+    claim = "SELECT run_id FROM werkfluss._claim(%s::text[], 1, 'bench-claimer')"
+
+    async def latencies(conn: psycopg.AsyncConnection[Any]) -> list[float]:
+        await conn.execute("SELECT werkfluss.start_run('bench.one_step') FROM generate_series(1, %s)",
+                           [claims])
+        await conn.execute("VACUUM ANALYZE werkfluss.queue")
+        out = []
+        for _ in range(claims):
+            t = time.perf_counter()
+            cur = await conn.execute(claim, [serving])
+            taken = await cur.fetchall()
+            out.append(time.perf_counter() - t)
+            assert len(taken) == 1, taken
+        return out
+
+    out: dict[str, Any] = {"blocked": blocked, "claims": claims}
+    async with Engine(dsn) as engine:
+        await engine.declare_queue(BLOCKED_KEY)
+        await engine.declare_queue(BLOCKED_QUEUE)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            for _ in range(20):  # warm-up
+                await conn.execute(claim, [serving])
+            out.update({f"none_{k}": v for k, v in ms(await latencies(conn)).items()})
+
+            # One run of the key holds a worker; 100,000 more wait for the key.
+            await conn.execute("SELECT werkfluss.start_run('bench.blocked', queue => 'bench.blocked_key',"
+                               " concurrency_key => 'hot')")
+            await conn.execute(claim, [["bench.blocked"]])
+            await conn.execute(
+                "SELECT werkfluss.start_run('bench.blocked', queue => 'bench.blocked_key',"
+                " concurrency_key => 'hot') FROM generate_series(1, %s)", [blocked])
+            t = time.perf_counter()
+            await conn.execute(claim, [["bench.blocked"]])  # the claim that meets them parks them
+            out["first_claim_parks_s"] = round(time.perf_counter() - t, 3)
+            out.update({f"key_{k}": v for k, v in ms(await latencies(conn)).items()})
+            await conn.execute("DELETE FROM werkfluss.queue WHERE queue_name = 'bench.blocked_key'")
+
+            # A queue at its concurrency limit with 100,000 ready runs.
+            await conn.execute("SELECT werkfluss.start_run('bench.blocked', queue => 'bench.blocked_queue')")
+            await conn.execute(claim, [["bench.blocked"]])
+            await conn.execute("SELECT werkfluss.start_run('bench.blocked', queue => 'bench.blocked_queue')"
+                               " FROM generate_series(1, %s)", [blocked])
+            out.update({f"queue_{k}": v for k, v in ms(await latencies(conn)).items()})
+    out["key_p50_vs_none"] = round(out["key_p50_ms"] / out["none_p50_ms"], 2)
+    out["queue_p50_vs_none"] = round(out["queue_p50_ms"] / out["none_p50_ms"], 2)
+    return out
+
+
 async def measure(workload: str, dsn: str, quick: bool) -> dict[str, Any]:
     from werkfluss import Engine
 
@@ -341,6 +441,10 @@ async def measure(workload: str, dsn: str, quick: bool) -> dict[str, Any]:
         return await children(dsn, (200, 2000) if quick else (1000, 10000))
     if workload == "payloads":
         return await payloads(dsn, (200, 2000) if quick else (1000, 10000))
+    if workload == "flow":
+        return await flow(dsn, 1000 if quick else 10000, 100 if quick else 1000)
+    if workload == "flowclaim":
+        return await flowclaim(dsn, 10000 if quick else 100000, 200 if quick else 1000)
     return await w3(dsn, 3 if quick else 20)
 
 
@@ -371,6 +475,16 @@ FIGURES = {
     "payloads": [("small_ms_per_payload", "loop over 1,000 hook payloads: time per payload", "ms"),
                  ("large_ms_per_payload", "loop over 10,000 hook payloads: time per payload", "ms"),
                  ("growth", "per-payload cost, 10,000 vs 1,000 (1.0 = linear)", "x")],
+    "flow": [("plain_runs_per_s", "chain10 x10,000, no queue, c=32", "runs/s"),
+             ("keyed_runs_per_s", "chain10 x10,000, per_key=2 over 1,000 keys, c=32", "runs/s"),
+             ("ratio", "keyed / unlimited throughput (goal >= 0.5)", "x")],
+    "flowclaim": [("none_p50_ms", "claim latency, nothing blocked, p50", "ms"),
+                  ("none_p99_ms", "claim latency, nothing blocked, p99", "ms"),
+                  ("key_p50_ms", "claim latency, 100,000 parked behind a key, p50", "ms"),
+                  ("key_p99_ms", "claim latency, 100,000 parked behind a key, p99", "ms"),
+                  ("queue_p50_ms", "claim latency, 100,000 in a full queue, p50", "ms"),
+                  ("queue_p99_ms", "claim latency, 100,000 in a full queue, p99", "ms"),
+                  ("first_claim_parks_s", "the claim that parks the 100,000 (once)", "s")],
 }
 
 

@@ -60,3 +60,24 @@ async def collect(token: str, n: int) -> int:
         if received == n:
             break
     return received
+
+
+# --- flow control (bench/run.py --only flow flowclaim) ----------------------------------------
+
+from werkfluss import Queue  # noqa: E402
+
+KEYED = Queue("bench.keyed", per_key=2)
+BLOCKED_KEY = Queue("bench.blocked_key", per_key=1)
+BLOCKED_QUEUE = Queue("bench.blocked_queue", concurrency=1)
+
+
+@workflow(name="bench.chain10_keyed", queue=KEYED)
+async def chain10_keyed() -> int:
+    for i in range(CHAIN_STEPS):
+        await noop(i)
+    return CHAIN_STEPS
+
+
+@workflow(name="bench.blocked")
+async def blocked() -> None:
+    return None
