@@ -117,14 +117,18 @@ SELECT least(
        FROM werkfluss.queue q
       WHERE q.lease_id IS NOT NULL AND q.available_at < 'infinity'
         AND q.workflow = ANY(%(workflows)s::text[])),
-    (SELECT min((1 - least(b.capacity, b.tokens + greatest(0, extract(epoch FROM now() - b.refreshed_at))
-                                                  * b.capacity / b.period)) * b.period / b.capacity)
-       FROM werkfluss.queues k
-       JOIN werkfluss.rate_limits b ON b.name = 'queue:' || k.name
-      WHERE k.rate_limit IS NOT NULL
-        AND EXISTS (SELECT 1 FROM werkfluss.queue q
-                     WHERE q.queue_name = k.name AND q.ready AND NOT q.parked AND q.claims = 0
-                       AND q.workflow = ANY(%(workflows)s::text[])))
+    -- A queue whose start rate limit has no token left, with starts waiting.
+    (SELECT min((1 - t.tokens) * t.period / t.capacity)
+       FROM (SELECT b.capacity, b.period,
+                    least(b.capacity, b.tokens + greatest(0, extract(epoch FROM now() - b.refreshed_at))
+                                                 * b.capacity / b.period) AS tokens
+               FROM werkfluss.queues k
+               JOIN werkfluss.rate_limits b ON b.name = 'queue:' || k.name
+              WHERE k.rate_limit IS NOT NULL
+                AND EXISTS (SELECT 1 FROM werkfluss.queue q
+                             WHERE q.queue_name = k.name AND q.ready AND NOT q.parked AND q.claims = 0
+                               AND q.workflow = ANY(%(workflows)s::text[]))) t
+      WHERE t.tokens < 1)
 )::float8 AS seconds;
 
 -- name: append_events
