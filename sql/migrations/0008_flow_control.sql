@@ -267,25 +267,31 @@ BEGIN
                   FOR UPDATE SKIP LOCKED));
 
     -- The streams with a run ready for this worker, best head first ('' is
-    -- the stream of runs in no queue).
-    SELECT array_agg(h.name ORDER BY h.head, h.name) INTO names FROM (
-        SELECT '' AS name,
-               (SELECT y.sort_at FROM werkfluss.queue y
-                 WHERE y.queue_name IS NULL AND y.ready AND NOT y.parked AND y.available_at <= now()
-                   AND y.workflow = ANY(workflows)
-                 ORDER BY y.sort_at LIMIT 1) AS head
-        UNION ALL
-        SELECT wq.queue_name,
-               (SELECT y.sort_at FROM werkfluss.queue y
-                 WHERE y.queue_name = wq.queue_name AND y.ready AND NOT y.parked
-                   AND y.available_at <= now() AND y.workflow = ANY(workflows)
-                 ORDER BY y.sort_at LIMIT 1)
-          FROM (SELECT DISTINCT w.queue_name FROM werkfluss.workflow_queues w
-                 WHERE w.workflow = ANY(workflows)) wq
-    ) h
-     WHERE h.head IS NOT NULL;
+    -- the stream of runs in no queue). No queue has runs of these workflows:
+    -- only that stream.
+    SELECT array_agg(DISTINCT w.queue_name) INTO names FROM werkfluss.workflow_queues w
+     WHERE w.workflow = ANY(workflows);
     IF names IS NULL THEN
-        RETURN;
+        names := ARRAY[''];
+    ELSE
+        SELECT array_agg(h.name ORDER BY h.head, h.name) INTO names FROM (
+            SELECT '' AS name,
+                   (SELECT y.sort_at FROM werkfluss.queue y
+                     WHERE y.queue_name IS NULL AND y.ready AND NOT y.parked AND y.available_at <= now()
+                       AND y.workflow = ANY(workflows)
+                     ORDER BY y.sort_at LIMIT 1) AS head
+            UNION ALL
+            SELECT q.name,
+                   (SELECT y.sort_at FROM werkfluss.queue y
+                     WHERE y.queue_name = q.name AND y.ready AND NOT y.parked
+                       AND y.available_at <= now() AND y.workflow = ANY(workflows)
+                     ORDER BY y.sort_at LIMIT 1)
+              FROM unnest(names) AS q(name)
+        ) h
+         WHERE h.head IS NOT NULL;
+        IF names IS NULL THEN
+            RETURN;
+        END IF;
     END IF;
 
     -- Queues whose limits need an agreed count: locked by name, all first.

@@ -564,3 +564,26 @@ def test_the_cli_refuses_bad_start_options_with_one_line(dsn: str) -> None:
     assert result.returncode == 1
     assert "no queue named 'nowhere'" in result.stderr
     assert sql_value(dsn, "SELECT count(*) FROM werkfluss.runs") == 0
+
+
+def test_the_client_role_starts_runs_with_the_flow_options(dsn: str) -> None:
+    from ..helpers import login_role
+
+    sql(dsn, "SELECT werkfluss.declare_queue('tests.flow.client', per_key => 2)")
+    with login_role(dsn, "werkfluss_client") as client:
+        run_id = sql_value(client, """SELECT werkfluss.start_run('tests.flow.plain', '["c"]',
+                                          queue => 'tests.flow.client', concurrency_key => 'k',
+                                          priority => 3, delay => '1 hour')""")
+        debounced = [sql_value(client, """SELECT werkfluss.start_run('tests.flow.plain', %s::jsonb,
+                                              queue => 'tests.flow.client', debounce => '1 hour',
+                                              debounce_key => 'd')""", [f'["{i}"]']) for i in range(3)]
+        import psycopg
+
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="priority must be from 0"):
+            sql(client, "SELECT werkfluss.start_run('tests.flow.plain', '[]', priority => -5)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            sql(client, "SELECT werkfluss.declare_queue('tests.flow.mine', concurrency => 1000)")
+    assert sql(dsn, "SELECT queue_name, concurrency_key, priority, wake_at > now() FROM werkfluss.runs"
+                    " WHERE id = %s", [run_id]) == [("tests.flow.client", "k", 3, True)]
+    assert len(set(debounced)) == 1
+    assert sql_value(dsn, "SELECT args FROM werkfluss.runs WHERE id = %s", [debounced[0]]) == ["2"]
