@@ -28,7 +28,7 @@ import sqlparse
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .expect import compare
-from .pages import PYTHON, SHELL, SQL, Block, Page
+from .pages import CONFIG, PYTHON, SHELL, SQL, Block, Page
 
 # Commands that do not end by themselves: started in the background for the
 # rest of the page (as in a second terminal), stopped with SIGTERM at its end.
@@ -213,7 +213,8 @@ class Background:
 
 def _psql_table(cur: psycopg.Cursor[Any]) -> str:
     """A statement's result as psql prints it (aligned, without the row count)."""
-    assert cur.description is not None and cur.pgresult is not None
+    assert cur.description is not None
+    assert cur.pgresult is not None
     headers = [c.name for c in cur.description]
     result = cur.pgresult
     rows = [
@@ -246,9 +247,8 @@ def _sql_statements(code: str) -> list[tuple[str, str]]:
     result = []
     for statement, comments in statements:
         shown = ""
-        if comments and _PSQL_RULE.match(comments[min(1, len(comments) - 1)].strip()) or (
-            comments and comments[0].lstrip().startswith("-- ERROR:")
-        ):
+        if comments and (_PSQL_RULE.match(comments[min(1, len(comments) - 1)].strip())
+                         or comments[0].lstrip().startswith("-- ERROR:")):
             shown = "\n".join(re.sub(r"^\s*--", "", line) for line in comments)
         result.append((statement, shown))
     return result
@@ -304,7 +304,9 @@ class PageRun:
         if block.no_run is not None:
             self.outcome.no_run.append((block.where, block.no_run))
             return
-        if block.lang in PYTHON:
+        if block.lang in CONFIG:
+            self._write_file(block)
+        elif block.lang in PYTHON:
             if block.file is not None:
                 self._write_file(block)
             else:
@@ -324,14 +326,16 @@ class PageRun:
             if str(parent) != "." and not (self.workdir / parent / "__init__.py").exists():
                 (self.workdir / parent / "__init__.py").write_text("")
         target.write_text(block.code)
-        self.files.append((block, path))
+        if block.lang in PYTHON:
+            self.files.append((block, path))  # a python file must be run or imported later on
         self.outcome.run.append("file")
 
     def _check_files_used(self) -> None:
         for block, path in self.files:
             module = path.removesuffix(".py").replace("/", ".")
-            used_by = [code for b in self.page.blocks if b.line > block.line and b.no_run is None
-                       for code in [b.code] if path in code or re.search(rf"\b{re.escape(module)}\b", code)]
+            later = [b.code for b in self.page.blocks if b.line > block.line and b.no_run is None]
+            used_by = [code for code in later if path in code or re.search(rf"\b{re.escape(module)}\b", code)
+                       or (Path(path).name == "conftest.py" and re.search(r"(?m)^\$ .*\bpytest\b", code))]
             if not used_by:
                 raise ExampleFailed(
                     f"{block.where}: the file {path} is written but nothing later on the page runs or"
@@ -398,7 +402,8 @@ class PageRun:
                         continue
                     raise ExampleFailed(f"{block.where}: PostgreSQL refused\n{statement}\n--- {exc}") from exc
                 if shown.strip().startswith("ERROR:"):
-                    raise ExampleFailed(f"{block.where}: the page shows an error, but PostgreSQL ran\n{statement}")
+                    raise ExampleFailed(f"{block.where}: the page shows an error, but PostgreSQL ran"
+                                        f"\n{statement}")
                 if shown:
                     if cur.description is None:
                         raise ExampleFailed(f"{block.where}: a result is shown for a statement that"

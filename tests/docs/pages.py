@@ -23,9 +23,13 @@ SQL = {"sql"}
 # configuration files. A `text` fence right after a code block is its output.
 NOT_CODE = {"", "text", "mermaid", "markdown", "md", "json", "yaml", "yml", "toml", "ini",
             "dockerfile", "systemd", "diff", "promql", "html"}
+# Configuration files: written to the page's directory when their first line
+# is a comment naming them (`# pyproject.toml`), like python files.
+CONFIG = {"toml", "ini", "yaml", "yml", "cfg"}
 
 _DIRECTIVE = re.compile(r"<!--\s*(no-run|setup|setup-sql|roles|output)\s*:(.*?)-->", re.S)
 _FILE_HEADER = re.compile(r"^#\s*([\w./-]+\.py)\b")
+_CONFIG_HEADER = re.compile(r"^#\s*([\w./-]+\.\w+)\s*$", re.M)
 
 
 class PageError(Exception):
@@ -50,7 +54,12 @@ class Block:
     @property
     def file(self) -> str | None:
         """For a python block whose first line is ``# path.py``: that path."""
-        if self.lang not in PYTHON or self.setup:
+        if self.setup:
+            return None
+        if self.lang in CONFIG:
+            match = _CONFIG_HEADER.match(self.code)
+            return match.group(1) if match else None
+        if self.lang not in PYTHON:
             return None
         match = _FILE_HEADER.match(self.code)
         return match.group(1) if match else None
@@ -101,6 +110,10 @@ def parse(path: Path, root: Path) -> Page:
         if lang == "text" and previous is not None and "no-run" not in pending:
             previous.output = token.content
             previous.unordered = pending.pop("output", None) is not None
+            previous = None
+            continue
+        if lang in CONFIG and _CONFIG_HEADER.match(token.content):
+            page.blocks.append(Block(rel, line, lang, token.content, no_run=pending.pop("no-run", None)))
             previous = None
             continue
         if lang in NOT_CODE:
