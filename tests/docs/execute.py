@@ -38,6 +38,8 @@ BLOCK_TIMEOUT = 60.0  # seconds for one block or command
 BACKGROUND_OUTPUT_TIMEOUT = 20.0
 _SESSION_RUNNER = Path(__file__).with_name("session_runner.py")
 _PSQL_RULE = re.compile(r"^--\s*(?:-{3,}|ERROR:)")  # a psql result (or error) shown in comments
+_LIBPQ_ENV = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD",
+              "dbname": "PGDATABASE"}
 _AS_ROLE = re.compile(r"^--\s*as\s+(\w+)\s*$")
 
 
@@ -271,8 +273,12 @@ class PageRun:
         bin_dir = str(Path(sys.executable).parent)
         self.env = {
             **{k: v for k, v in os.environ.items()
-               if not k.startswith(("WERKFLUSS_", "PYTEST_")) and k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+               if not k.startswith(("WERKFLUSS_", "PYTEST_", "PG"))
+               and k not in ("PYTHONPATH", "VIRTUAL_ENV")},
             "WERKFLUSS_DATABASE_URL": dsn,
+            # libpq's own variables, so that psql, pg_dump & co. on a page reach its database too
+            **{_LIBPQ_ENV[key]: str(value) for key, value in conninfo_to_dict(dsn).items()
+               if key in _LIBPQ_ENV and value is not None},
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONUNBUFFERED": "1",
             "NO_COLOR": "1",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import psycopg
@@ -127,6 +128,13 @@ def test_a_file_is_written_and_run_by_a_command_with_the_page_database(
             "```\n\n```console\n$ python hello.py\nwerkfluss_docs_\n```\n")
     outcome = _run(tmp_path, text, pg_server)
     assert outcome.run == ["file", "console"]
+    assert outcome.compared == 1
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
+def test_psql_on_a_page_reaches_the_page_database(tmp_path: Path, pg_server: str) -> None:
+    outcome = _run(tmp_path, "```console\n$ psql -XAtc 'SELECT left(current_database(), 15)'\n"
+                             "werkfluss_docs_\n```\n", pg_server)
     assert outcome.compared == 1
 
 

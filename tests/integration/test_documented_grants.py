@@ -144,12 +144,17 @@ def reader_role(migrated: str) -> Iterator[str]:
         yield dsn
 
 
-def test_the_read_only_role_runs_every_monitoring_query(reader_role: str, migrated: str) -> None:
+async def test_the_read_only_role_runs_every_monitoring_query_and_reads_runs(
+    reader_role: str, migrated: str
+) -> None:
     sql(migrated, "SELECT werkfluss.start_run('tests.docgrants.waits', '[\"r\"]', 'reader:1')")
     queries = section_sql("## Monitoring with SQL")
     assert len(queries) >= 10
     for query in queries:
         sql(reader_role, query)  # raises if a grant is missing
+    async with Engine(reader_role, pool_size=1) as engine:
+        assert [r.run_id for r in await engine.runs()] == ["reader:1"]
+        assert await engine.handle("reader:1").log() == []
 
 
 def test_the_read_only_role_changes_nothing(reader_role: str) -> None:
