@@ -1,35 +1,34 @@
 """Every example in README.md and docs/**/*.md is run, and its output compared.
 
-How a page is written so that this test runs it (the full description, with
-examples, is docs/contributing-docs.md):
+The convention (docs/contributing-docs.md has it in full, with examples):
 
-* ```` ```python ```` whose first line is ``# some/path.py``: a file, written
-  to the page's working directory (with ``__init__.py`` for its packages);
-  a later block must run or import it (``$ python some/path.py``,
-  ``--app some.path``, ``import some.path``).
-* any other ```` ```python ````: run in the page's one python namespace, in
-  page order, top-level ``await`` allowed. A ```` ```text ```` fence right
-  after it is what it must print.
-* ```` ```console ```` (or ``shell``/``bash``/``sh``): each ``$ command`` runs
-  in bash in the page's directory; the lines after it are what it must print
-  (when shown; a command may exit non-zero only where its output is shown).
-  Workers and the dashboard (``BACKGROUND`` in ``execute.py``) keep running
-  in the background until the page ends.
+* ```` ```python ```` whose first line is ``# some/path.py`` is a file, written
+  to the page's directory; a later block must run or import it
+  (``$ python some/path.py``, ``--app some.path``, ``import some.path``).
+  ``toml``/``ini``/``yaml`` fences whose first line is ``# name.ext`` are files too.
+* any other ```` ```python ```` runs in the page's one namespace, in page
+  order, top-level ``await`` allowed; a ```` ```text ```` fence right after it
+  is what it must print.
+* ```` ```console ```` (``shell``/``bash``/``sh``): each ``$ command`` runs in
+  bash in the page's directory; the lines after it are what it must print.
+  A command may exit non-zero only where its output is shown. Workers and
+  the dashboard (``BACKGROUND`` in ``execute.py``) run in the background
+  until the page ends.
 * ```` ```sql ````: each statement runs through psycopg (autocommit); a
-  psql-style result in ``--`` comments after a statement is compared.
+  psql-style result or ``-- ERROR:  …`` in comments after it is compared;
   ``-- as ROLE`` as the first line runs the block as that role.
-* Directives, HTML comments invisible on GitHub:
-  ``<!-- no-run: reason -->`` before a fence that cannot run here;
-  ``<!-- setup: python code -->`` hidden code run in the page's namespace;
-  ``<!-- roles: a b -->`` roles the page creates, renamed per run and dropped;
-  ``<!-- output: any order -->`` before an output whose line order varies.
-* Expected output: run ids, times, tokens, worker ids and measured durations
+* Directives, HTML comments invisible on GitHub: ``<!-- no-run: reason -->``
+  (counted and listed in the summary), ``<!-- setup: python -->`` and
+  ``<!-- setup-sql: … -->`` (hidden code), ``<!-- roles: a b -->`` (roles
+  renamed per run and dropped), ``<!-- output: any order -->``.
+* Output: run ids, times, hook tokens, worker ids and measured durations
   match any value of their kind; ``…`` matches any text, a ``…`` line any
-  lines; werkfluss's log lines are ignored unless the output shows one.
+  lines; werkfluss's log lines count only if the output shows one.
 
-Each page gets a fresh database (``$WERKFLUSS_TEST_DSN``'s server), no
-schema: the page migrates as a user would. Its commands and scripts see it as
-``$WERKFLUSS_DATABASE_URL``.
+Each page gets a fresh database, without the werkfluss schema, on the test
+server (``$WERKFLUSS_TEST_DSN``); its code sees it as
+``$WERKFLUSS_DATABASE_URL`` (and ``PGDATABASE`` & co.). Pages run side by side
+(``WERKFLUSS_DOCS_PARALLEL``, default 4).
 """
 
 from __future__ import annotations
