@@ -96,7 +96,9 @@ def check_start(args: argparse.Namespace) -> None:
     if args.timeout is not None:
         args.timeout = parse_duration(args.timeout, what="--timeout", allow_zero=False)
     if args.wait_timeout is not None:
-        args.wait_timeout = parse_duration(args.wait_timeout, what="--wait-timeout", allow_zero=False)
+        args.wait_timeout = parse_duration(args.wait_timeout, what="--wait-timeout")
+        if args.wait_timeout == 0:
+            raise InvalidArgument("--wait-timeout must be a positive duration, e.g. 30s or 5m, got 0")
     try:
         args.positional = json.loads(args.args)
     except json.JSONDecodeError as err:

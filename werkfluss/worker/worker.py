@@ -256,7 +256,7 @@ class Worker:
             self._pruning = asyncio.create_task(self.pruner.run(), name="werkfluss-retention")
         telemetry.logger().info(
             "worker.started", worker_id=self.worker_id, workflows=self.workflow_names,
-            concurrency=self.concurrency, lease_s=self.lease_seconds,
+            concurrency=self.concurrency, lease_s=self.lease_seconds, retention_s=self.retention_seconds,
         )
 
     def _resolve_workflows(self) -> dict[str, Workflow[..., Any]]:
