@@ -347,6 +347,28 @@ def test_a_worker_given_a_file_path_suggests_the_module_name(dsn: str, app: str,
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_the_console_script_worker_imports_apps_from_the_current_directory(
+    dsn: str, tmp_path: Path
+) -> None:
+    (tmp_path / "empty_app.py").write_text("VALUE = 1\n")
+    (tmp_path / "crashapp.py").write_text("1 / 0\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def worker(app: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([console_script(), "worker", "--app", app, "--dsn", dsn], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    empty = worker("empty_app")
+    assert empty.returncode == 1
+    assert empty.stderr.strip() == "werkfluss worker: empty_app defined no @workflow; nothing to serve"
+    crash = worker("crashapp")
+    assert crash.returncode == 1
+    assert "Traceback" in crash.stderr  # the module's own traceback first
+    assert crash.stderr.strip().splitlines()[-1] == (
+        "werkfluss worker: importing --app crashapp failed: ZeroDivisionError: division by zero "
+        "(traceback above)")
+
+
 def test_an_unmigrated_database_points_at_migrate_and_the_workers_migrate_flag(
     fresh_dsn: str, tmp_path: Path
 ) -> None:

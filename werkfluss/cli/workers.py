@@ -53,7 +53,7 @@ def _workflows_cell(names: list[str]) -> str:
 async def cmd_workers(engine: Engine, args: argparse.Namespace) -> int:
     workers = await engine.workers(recent=args.recent_seconds)
     if args.json:
-        print(dump([{**w.__dict__, "state": state_of(w)} for w in workers]))
+        print(dump([w.__dict__ for w in workers]))
         return 0
     if not workers:
         print(f"no workers (none live, none stopped within {args.recent})")
