@@ -19,6 +19,7 @@
 
 from werkfluss.engine import Engine
 from werkfluss.errors import (
+    AppImportError,
     ConfigurationError,
     DatabaseError,
     DatabaseUnavailable,
@@ -26,6 +27,7 @@ from werkfluss.errors import (
     HookConflict,
     HookRefused,
     InvalidArgument,
+    InvalidDsn,
     InvalidTransition,
     NonDeterminismError,
     NotAWorkflowError,
@@ -57,6 +59,7 @@ from werkfluss.worker.worker import Worker
 __version__ = "0.2.0"
 
 __all__ = [
+    "AppImportError",
     "ConfigurationError",
     "DatabaseError",
     "DatabaseUnavailable",
@@ -66,6 +69,7 @@ __all__ = [
     "HookConflict",
     "HookRefused",
     "InvalidArgument",
+    "InvalidDsn",
     "InvalidTransition",
     "NonDeterminismError",
     "NotAWorkflowError",
