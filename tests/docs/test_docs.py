@@ -56,7 +56,8 @@ def page_outcomes(request: pytest.FixtureRequest, pg_server: str,
     """Run every page selected in this session (at once) and keep each one's outcome or error."""
     selected = sorted({
         item.callspec.params["path"] for item in request.session.items
-        if hasattr(item, "callspec") and "path" in item.callspec.params
+        # this module's page tests only (other tests have a "path" parameter too)
+        if item.path == Path(__file__) and hasattr(item, "callspec") and "path" in item.callspec.params
     })
 
     def run(path: Path) -> Outcome | BaseException:
