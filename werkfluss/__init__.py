@@ -17,6 +17,7 @@
             print(await handle.result())
 """
 
+from werkfluss.cron import Schedule
 from werkfluss.engine import Engine
 from werkfluss.errors import (
     ConfigurationError,
@@ -26,6 +27,7 @@ from werkfluss.errors import (
     HookConflict,
     HookRefused,
     InvalidArgument,
+    InvalidCron,
     InvalidTransition,
     NonDeterminismError,
     NotAWorkflowError,
@@ -35,9 +37,11 @@ from werkfluss.errors import (
     RunFailed,
     RunIdConflict,
     RunNotFound,
+    ScheduleNotFound,
     SchemaNotReady,
     SerializationError,
     StepFailed,
+    UnknownTimezone,
     UnknownWorkflowError,
     ValueRefused,
     WerkflussError,
@@ -66,6 +70,7 @@ __all__ = [
     "HookConflict",
     "HookRefused",
     "InvalidArgument",
+    "InvalidCron",
     "InvalidTransition",
     "NonDeterminismError",
     "NotAWorkflowError",
@@ -77,11 +82,14 @@ __all__ = [
     "RunIdConflict",
     "RunInfo",
     "RunNotFound",
+    "Schedule",
+    "ScheduleNotFound",
     "SchemaNotReady",
     "SerializationError",
     "StepFailed",
     "StepInfo",
     "StepRecord",
+    "UnknownTimezone",
     "UnknownWorkflowError",
     "ValueRefused",
     "WerkflussError",

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -67,7 +68,7 @@ def load_migrations() -> tuple[Migration, ...]:
         found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
     if found and found[0].version != 1:
         raise ValueError(f"the first migration must be 0001, found {found[0].version:04d}")
-    for before, migration in zip(found, found[1:], strict=False):
+    for before, migration in itertools.pairwise(found):
         if migration.version == before.version:
             raise ValueError(f"migration number {migration.version:04d} is used twice")
     return tuple(found)
