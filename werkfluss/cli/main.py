@@ -7,6 +7,7 @@
     python -m werkfluss start NAME '["user-123"]' [--run-id ID] [--timeout 1h] [--wait]
     python -m werkfluss send TOKEN '{"approved": true}'
     python -m werkfluss cancel RUN_ID
+    python -m werkfluss schedules [pause|resume|trigger|delete NAME]
 
 Every command takes ``--dsn`` (default: ``$WERKFLUSS_DATABASE_URL``, else the
 embedded PostgreSQL). Errors print one line to stderr and exit with status 1.
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from werkfluss import limits, telemetry
+from werkfluss.cli import schedules as schedules_cli
 from werkfluss.durations import parse_duration
 from werkfluss.engine import Engine
 from werkfluss.errors import InvalidArgument, RunCancelled, RunFailed, WerkflussError
@@ -42,9 +44,9 @@ def _cell(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain text table."""
-    cells = [[_cell(v) for v in row] for row in rows]
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, width: int = 40) -> str:
+    """A plain text table (cells cut at ``width`` characters)."""
+    cells = [[_cell(v, width) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
@@ -217,6 +219,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         limits.check_existing_run_id(args.run_id)
     elif args.command == "runs" and args.limit < 1:
         raise InvalidArgument(f"--limit must be at least 1, got {args.limit}")
+    elif args.command == "schedules":
+        schedules_cli.check_arguments(args)
 
 
 # --- wiring ------------------------------------------------------------------------------
@@ -264,6 +268,8 @@ def parser() -> argparse.ArgumentParser:
 
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a run")
     cancel.add_argument("run_id", metavar="RUN")
+
+    schedules_cli.add_parser(sub, common)
     return p
 
 
@@ -274,6 +280,7 @@ COMMANDS = {
     "start": cmd_start,
     "send": cmd_send,
     "cancel": cmd_cancel,
+    "schedules": schedules_cli.cmd_schedules,
 }
 
 
