@@ -511,3 +511,44 @@ def test_the_decorator_refuses_a_workflow_that_cannot_take_its_scheduled_time() 
         @workflow(name="tests.sched.bad_cron", schedule="0 2 * *")
         async def bad_cron(at: dt.datetime) -> None: ...
     assert "tests.sched.no_args" not in registry.registered()
+
+
+# --- log events --------------------------------------------------------------------------
+
+
+async def test_schedule_log_events(engine: Engine, dsn: str) -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        # By name: the workflow need not be registered in this process.
+        await engine.schedule("tests.sched.elsewhere", "0 * * * *", name="logged", timezone="UTC")
+        scheduler = Scheduler(engine.connector, workflows=["tests.sched.elsewhere"], poll_interval=1.0,
+                              worker_id="w-1")
+        await scheduler.run_once()
+        (next_tick,) = _row(dsn, "logged", "next_tick")
+        _rewind(dsn, "logged", next_tick - dt.timedelta(hours=3))
+        await scheduler.run_once()
+        await engine.pause_schedule("logged")
+        await engine.resume_schedule("logged")
+        run = await engine.trigger_schedule("logged")
+        await engine.delete_schedule("logged")
+        sql(dsn, "SELECT werkfluss.create_schedule('cracked', 'tests.sched.elsewhere', '0 2 30 2 *')")
+        await scheduler.run_once()
+    latest = f"schedule:logged:{next_tick - dt.timedelta(hours=1):%Y-%m-%dT%H:%M:%SZ}"
+    expected = [
+        {"event": "schedule.created", "schedule": "logged", "workflow": "tests.sched.elsewhere",
+         "cron": "0 * * * *", "timezone": "UTC", "log_level": "info"},
+        {"event": "schedule.fired", "schedule": "logged", "workflow": "tests.sched.elsewhere",
+         "run_ids": [latest], "skipped": 2, "next_tick": next_tick.isoformat(), "worker_id": "w-1",
+         "log_level": "info"},
+        {"event": "schedule.paused", "schedule": "logged", "log_level": "info"},
+        {"event": "schedule.resumed", "schedule": "logged", "log_level": "info"},
+        {"event": "schedule.triggered", "schedule": "logged", "run_id": run.run_id, "log_level": "info"},
+        {"event": "schedule.deleted", "schedule": "logged", "log_level": "info"},
+    ]
+    events = [e for e in logs if e["event"].startswith("schedule.")]
+    assert [e for e in events if e["event"] != "schedule.broken"] == expected
+    (broken,) = [e for e in logs if e["event"] == "schedule.broken"]
+    assert broken["schedule"] == "cracked"
+    assert "Bad day-of-month" in broken["error"]
+    assert broken["log_level"] == "error"

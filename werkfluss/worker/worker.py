@@ -210,13 +210,13 @@ class Worker:
         self._connector = connector
         connector.write_idle_timeout = min(connector.write_idle_timeout, self.lease_seconds)
         await check_schema(connector)
+        await self._declare_schedules(connector)
         await registry.register(
             connector, id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), version=_version(),
             workflows=self.workflow_names, concurrency=self.concurrency, lease_seconds=self.lease_seconds,
             clock=self.clock, app_name=self.app_name,
         )
         self.liveness.confirmed(time.monotonic() - 0.001)
-        await self._declare_schedules(connector)
         self.scheduler = Scheduler(connector, workflows=self.workflow_names, poll_interval=self.poll_interval,
                                    worker_id=self.worker_id)
         self._unsubscribe = [
