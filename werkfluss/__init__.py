@@ -55,6 +55,7 @@ from werkfluss.runtime.racing import race
 from werkfluss.runtime.steps import step
 from werkfluss.runtime.timers import sleep
 from werkfluss.runtime.workflows import workflow
+from werkfluss.store.schedules import ScheduleInfo
 from werkfluss.telemetry import configure_logging
 from werkfluss.worker.worker import Worker
 
@@ -83,6 +84,7 @@ __all__ = [
     "RunInfo",
     "RunNotFound",
     "Schedule",
+    "ScheduleInfo",
     "ScheduleNotFound",
     "SchemaNotReady",
     "SerializationError",
