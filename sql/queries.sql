@@ -457,11 +457,18 @@ UPDATE werkfluss.workers SET state = 'stopped', stopped_at = now(), runs_held = 
 SELECT id, host, pid, version, workflows, concurrency, lease_seconds, started_at, heartbeat_at,
        runs_held, state, stopped_at,
        state IN ('running', 'stopping') AND heartbeat_at >= now() - make_interval(secs => lease_seconds)
-           AS alive
+           AS alive,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age
   FROM werkfluss.workers
  WHERE state IN ('running', 'stopping') OR stopped_at > now() - %(recent_seconds)s * interval '1 second'
  ORDER BY heartbeat_at DESC
  LIMIT %(limit)s;
+
+-- name: served_workflows
+-- The workflows that running workers with a fresh heartbeat serve.
+SELECT DISTINCT unnest(workflows) AS workflow
+  FROM werkfluss.workers
+ WHERE state = 'running' AND heartbeat_at >= now() - make_interval(secs => lease_seconds);
 
 -- name: retry_run
 -- Retry a failed or cancelled run (true), or report that it is neither (false).
@@ -473,10 +480,25 @@ SELECT werkfluss.retry_run(%(run_id)s) AS retried;
 SELECT werkfluss.prune_runs(%(older_than_seconds)s * interval '1 second', %(batch_size)s, %(wait)s) AS deleted;
 
 -- name: count_prunable
--- How many finished runs are older than the retention period (prune --dry-run).
+-- How many runs prune_runs would delete now (prune --dry-run): the same
+-- condition, a finished child kept while its unfinished parent has not received it.
 SELECT count(*) AS runs
   FROM werkfluss.runs r
- WHERE r.finished_at IS NOT NULL AND r.finished_at < now() - %(older_than_seconds)s * interval '1 second';
+ WHERE r.finished_at IS NOT NULL AND r.finished_at < now() - %(older_than_seconds)s * interval '1 second'
+   AND r.status IN ('completed', 'failed', 'cancelled')
+   AND (r.parent_id IS NULL OR r.delivered OR NOT EXISTS (
+            SELECT 1 FROM werkfluss.runs p WHERE p.id = r.parent_id AND p.finished_at IS NULL));
+
+-- name: run_lease
+-- Who holds a run (its queue row's lease), and until when that worker's
+-- heartbeat vouches for it, by the server's clock. No row: nobody holds it.
+SELECT q.worker_id, w.host, w.pid, w.state, w.heartbeat_at,
+       w.heartbeat_at + make_interval(secs => w.lease_seconds) AS expires_at,
+       extract(epoch FROM w.heartbeat_at + make_interval(secs => w.lease_seconds) - now())::float8
+           AS seconds_left
+  FROM werkfluss.queue q
+  LEFT JOIN werkfluss.workers w ON w.id = q.worker_id
+ WHERE q.run_id = %(run_id)s AND q.lease_id IS NOT NULL;
 
 -- name: create_schedule
 -- Create or redefine a schedule (engine.schedule); pause state is kept.

@@ -20,6 +20,7 @@
 from werkfluss.cron import Schedule
 from werkfluss.engine import Engine
 from werkfluss.errors import (
+    AppImportError,
     ConfigurationError,
     DatabaseError,
     DatabaseUnavailable,
@@ -28,6 +29,7 @@ from werkfluss.errors import (
     HookRefused,
     InvalidArgument,
     InvalidCron,
+    InvalidDsn,
     InvalidTransition,
     NonDeterminismError,
     NotAWorkflowError,
@@ -62,6 +64,7 @@ from werkfluss.worker.worker import Worker
 __version__ = "0.2.0"
 
 __all__ = [
+    "AppImportError",
     "ConfigurationError",
     "DatabaseError",
     "DatabaseUnavailable",
@@ -72,6 +75,7 @@ __all__ = [
     "HookRefused",
     "InvalidArgument",
     "InvalidCron",
+    "InvalidDsn",
     "InvalidTransition",
     "NonDeterminismError",
     "NotAWorkflowError",

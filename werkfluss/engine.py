@@ -27,7 +27,7 @@ from werkfluss.errors import HookRefused, InvalidArgument, ScheduleNotFound
 from werkfluss.runs import STATUSES, RunHandle, RunInfo
 from werkfluss.runtime import workflows
 from werkfluss.runtime.workflows import Workflow
-from werkfluss.store import migrations, schedules
+from werkfluss.store import migrations, retention, schedules
 from werkfluss.store import workers as registry
 from werkfluss.store.connector import Connector
 from werkfluss.store.embedded import start_embedded
@@ -253,9 +253,14 @@ class Engine:
             telemetry.logger().info("run.retry_requested", run_id=run_id)
         return retried
 
-    async def prune(self, older_than: Duration = "14d", *, batch_size: int = 500) -> int:
+    async def prune(
+        self, older_than: Duration = "14d", *, batch_size: int = 500, dry_run: bool = False
+    ) -> int:
         """Delete finished runs older than ``older_than`` (with their log, hooks
         and payloads), in batches of ``batch_size``; returns how many.
+
+        With ``dry_run=True`` nothing is deleted: returns how many runs would be.
+        Workers prune by themselves on their ``retention`` setting.
 
             deleted = await engine.prune("30d")
         """
@@ -263,11 +268,12 @@ class Engine:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= 10000:
             raise InvalidArgument(f"batch_size must be a whole number from 1 to 10000, got {batch_size!r}")
         await self.open()
+        if dry_run:
+            return await retention.count_prunable(self.connector, older_than_seconds=seconds)
         total = 0
         while True:
-            row = await self.connector.fetch_one(
-                "prune_runs", older_than_seconds=seconds, batch_size=batch_size, wait=True)
-            deleted = int(row["deleted"]) if row else 0
+            deleted = await retention.prune_batch(
+                self.connector, older_than_seconds=seconds, batch_size=batch_size, wait=True)
             total += max(deleted, 0)
             if deleted < batch_size:
                 break
@@ -280,6 +286,17 @@ class Engine:
         await self.open()
         return await registry.list_workers(self.connector,
                                            recent_seconds=parse_duration(recent, what="recent"))
+
+    async def served_workflows(self) -> set[str]:
+        """The workflows that live workers serve now (running, heartbeat within their lease).
+
+        A pending run of any other workflow waits until a worker that serves it starts:
+
+            if "app.onboard" not in await engine.served_workflows():
+                print("start a worker: python -m werkfluss.worker --app app")
+        """
+        await self.open()
+        return await registry.served_workflows(self.connector)
 
     # --- schedules ---------------------------------------------------------------------
 
@@ -417,6 +434,8 @@ class Engine:
         shutdown_grace: Duration = "10s",
         cache_size: int = 256,
         worker_id: str | None = None,
+        retention: Duration | None = "14d",
+        prune_interval: Duration = "5m",
     ) -> Worker:
         """A worker in this process; use it as ``async with engine.worker(concurrency=32):``.
 
@@ -431,6 +450,8 @@ class Engine:
             shutdown_grace=shutdown_grace,
             cache_size=cache_size,
             worker_id=worker_id,
+            retention=retention,
+            prune_interval=prune_interval,
         )
 
     async def _worker_connection(self) -> tuple[Connector, Listener]:

@@ -22,6 +22,7 @@ from werkfluss import serializer
 from werkfluss.errors import DatabaseUnavailable, RunCancelled, RunFailed, RunNotFound
 from werkfluss.store.connector import Connector, Row
 from werkfluss.store.listener import Listener
+from werkfluss.store.workers import RunLease, run_lease
 
 
 class RunSource(Protocol):
@@ -186,6 +187,20 @@ class RunHandle:
         if not rows:
             await self.info()
         return [StepRecord.from_row(row) for row in rows]
+
+    async def lease(self) -> RunLease | None:
+        """Which worker holds the run, and until when its heartbeat vouches for it.
+
+        ``None`` when no worker holds the run (it is not ``running``). A
+        lease whose ``seconds_left`` is negative belongs to a worker that
+        stopped beating (killed, frozen); the next live worker's reaper frees
+        the run.
+
+            lease = await handle.lease()
+            if lease is not None:
+                print(f"held by {lease.host}:{lease.pid} until {lease.expires_at}")
+        """
+        return await run_lease(self._engine.connector, run_id=self.run_id)
 
     async def cancel(self) -> bool:
         """Cancel the run; ``False`` if it had already finished."""

@@ -1,10 +1,10 @@
-"""``python -m werkfluss schedules``: list and steer cron schedules.
+"""``werkfluss schedules``: list and steer cron schedules.
 
-    python -m werkfluss schedules [list] [--workflow NAME] [--json]
-    python -m werkfluss schedules pause NAME
-    python -m werkfluss schedules resume NAME
-    python -m werkfluss schedules trigger NAME
-    python -m werkfluss schedules delete NAME
+    werkfluss schedules [list] [--workflow NAME] [--json]
+    werkfluss schedules pause NAME
+    werkfluss schedules resume NAME
+    werkfluss schedules trigger NAME
+    werkfluss schedules delete NAME
 
 A run waiting for a schedule is not a run yet: ``runs`` does not show it,
 ``schedules`` does (its next tick, its last run and that run's status).
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from werkfluss import limits
+from werkfluss.cli.output import dump, format_table
 from werkfluss.engine import Engine
 from werkfluss.errors import InvalidArgument
 from werkfluss.store.schedules import ScheduleInfo
@@ -26,7 +26,7 @@ from werkfluss.store.schedules import ScheduleInfo
 ACTIONS = ("list", "pause", "resume", "trigger", "delete")
 
 
-def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``schedules`` command to the main parser's subcommands."""
     p = sub.add_parser(
         "schedules", parents=[common], help="list, pause, resume, trigger or delete cron schedules",
@@ -36,7 +36,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="list (default), pause, resume, trigger or delete")
     p.add_argument("name", nargs="?", metavar="NAME", help="the schedule (for every action but list)")
     p.add_argument("--workflow", help="list: only the schedules of this workflow")
-    p.add_argument("--json", action="store_true", help="list: as JSON")
+    p.add_argument("--json", action="store_true", help="list: print JSON instead of a table")
+    p.set_defaults(handler=cmd_schedules, check=check_arguments)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -47,8 +48,9 @@ def check_arguments(args: argparse.Namespace) -> None:
                 f"schedules list takes no NAME (got {args.name!r}); use --workflow to filter")
         return
     if args.name is None:
+        prog = getattr(args, "prog", "werkfluss")
         raise InvalidArgument(f"schedules {args.action} needs the schedule's NAME, e.g. "
-                              f"`werkfluss schedules {args.action} nightly-report`")
+                              f"`{prog} schedules {args.action} nightly-report`")
     limits.check_schedule_name(args.name)
 
 
@@ -68,8 +70,6 @@ def _state(s: ScheduleInfo) -> str:
 
 
 def format_schedules(found: list[ScheduleInfo]) -> str:
-    from werkfluss.cli.main import format_table  # main imports this module
-
     rows = [
         [s.name, s.workflow, s.cron, s.timezone, _local(s.next_tick, s.timezone), s.last_run_id,
          s.last_run_status, _state(s)]
@@ -87,7 +87,7 @@ async def cmd_schedules(engine: Engine, args: argparse.Namespace) -> int:
     if args.action == "list":
         found = await engine.schedules(workflow=args.workflow)
         if args.json:
-            print(json.dumps([_json(s) for s in found], default=str, ensure_ascii=False, indent=2))
+            print(dump([_json(s) for s in found]))
         elif found:
             print(format_schedules(found))
         else:

@@ -20,17 +20,17 @@ from typing import Any, NoReturn
 
 import psycopg
 import psycopg.errors
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from werkfluss.errors import (
-    ConfigurationError,
     DatabaseBusy,
     DatabaseError,
     DatabaseUnavailable,
     InvalidArgument,
+    InvalidDsn,
     RecordRefused,
     RunIdConflict,
     RunNotFound,
@@ -53,6 +53,7 @@ def _quietly(pool: Any) -> None:
 READ_ONLY = frozenset({
     "get_run", "list_runs", "list_events", "list_steps", "read_logs", "run_inputs", "next_due",
     "schema_state", "worker_held_runs", "list_workers", "migrations_applied", "migrations_table_exists",
+    "run_lease", "count_prunable", "served_workflows",
     "due_schedules", "next_schedule_tick", "list_schedules", "get_schedule",
 })
 
@@ -93,6 +94,27 @@ _TEXT_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)[^@\s]
 _TEXT_KV_PASSWORD = re.compile(
     r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&\"]*)", re.IGNORECASE
 )
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` as it may be shown: its password (and anything shaped like one) is ``***``.
+
+        >>> redact_dsn("postgresql://app:s3cret@db.internal:5432/shop")
+        'postgresql://app:***@db.internal:5432/shop'
+    """
+    return scrub(dsn, _passwords(dsn))
+
+
+def without_password(dsn: str) -> str | None:
+    """``dsn`` without its password, as key=value pairs (libpq then asks for
+    the password or reads ``~/.pgpass``); ``None`` if it has none or cannot be parsed."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return None
+    if not params.pop("password", None):
+        return None
+    return make_conninfo("", **params)
 
 
 def _passwords(dsn: str) -> list[str]:
@@ -278,10 +300,12 @@ class Connector:
         try:
             conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as err:
-            raise _malformed(err, secrets) from None
+            raise _malformed(err, secrets, dsn) from None
         try:
             conn = await psycopg.AsyncConnection.connect(dsn, **self._connect_kwargs())
         except psycopg.Error as err:
+            if _MALFORMED_OPTION.search(str(err)):  # libpq refused an option before connecting
+                raise _malformed(err, secrets, dsn) from None
             raise self._unavailable(err, secrets) from None
         await _configure(conn)
         return conn
@@ -442,8 +466,7 @@ class Connector:
     def _unavailable(self, err: BaseException, secrets: Sequence[str] = ()) -> DatabaseUnavailable:
         reason = scrub(str(err).strip(), [*self._secrets, *secrets]) or type(err).__name__
         return DatabaseUnavailable(
-            f"cannot reach PostgreSQL at {self.description}: {reason}. Check that the server "
-            "is running and that --dsn / WERKFLUSS_DATABASE_URL point to it"
+            f"cannot reach PostgreSQL at {self.description}: {reason}. {_what_to_check(reason, self.dsn)}"
         )
 
     def _raise(self, err: psycopg.Error, params: Params) -> NoReturn:
@@ -451,13 +474,50 @@ class Connector:
         raise translate_error(err, params, self) from err
 
 
-def _malformed(err: psycopg.Error, secrets: Sequence[str]) -> ConfigurationError:
-    reason = scrub(str(err).strip(), secrets)
-    return ConfigurationError(
+# libpq's own refusals of a connection string's options (fe-connect.c), made
+# before any server is contacted: the string is wrong, not the server.
+_MALFORMED_OPTION = re.compile(
+    r"invalid (integer value|port number|connection option|URI|\w+ value)"
+    r"|could not match \d+ (host names|port numbers)"
+)
+_DSN_SETTINGS = "--dsn / WERKFLUSS_DATABASE_URL"
+
+
+def _malformed(err: psycopg.Error, secrets: Sequence[str], dsn: str) -> InvalidDsn:
+    reason = scrub(str(err).strip(), secrets).removeprefix("connection is bad: ")
+    scheme = _URL_SCHEME.match(dsn)
+    if scheme and scheme.group().strip().lower() not in ("postgresql://", "postgres://"):
+        reason += f"; a URL must start with postgresql://, not {scheme.group().strip()}"
+    return InvalidDsn(
         f"the connection string is malformed: {reason}. Write it as a URL, "
         "postgresql://user@host:5432/dbname, or as key=value pairs, "
-        "'host=… port=5432 dbname=… user=…' (--dsn / WERKFLUSS_DATABASE_URL)"
+        f"'host=… port=5432 dbname=… user=…' ({_DSN_SETTINGS})"
     )
+
+
+def _what_to_check(reason: str, dsn: str) -> str:
+    """The advice that fits why a connection failed (the reason is libpq's)."""
+    if re.search(r"password authentication failed|no password supplied|role \".*\" does not exist"
+                 r"|no pg_hba\.conf entry|authentication failed", reason):
+        return (f"Check the user and password in {_DSN_SETTINGS} (and that pg_hba.conf lets "
+                "this user in from here)")
+    if re.search(r"database \".*\" does not exist", reason):
+        return f"Create the database (createdb NAME) or correct its name in {_DSN_SETTINGS}"
+    if re.search(r"failed to resolve host|could not translate host name", reason):
+        advice = f"Check the host name in {_DSN_SETTINGS}"
+        if _unencoded_at(dsn):
+            advice += "; an '@' in the password must be written %40"
+        return advice
+    return f"Check that the server is running and that {_DSN_SETTINGS} point to it"
+
+
+def _unencoded_at(dsn: str) -> bool:
+    """A URL whose user:password part holds an '@' that is not percent-encoded."""
+    match = _URL_SCHEME.match(dsn)
+    if not match:
+        return False
+    authority = re.split(r"[/?#]", dsn[match.end():], maxsplit=1)[0]
+    return authority.count("@") > 1
 
 
 # SQLSTATEs that mean the connection itself failed: class 08 (connection
@@ -505,10 +565,7 @@ def translate_error(err: psycopg.Error, params: Params, connector: Connector) ->
     state = err.sqlstate or ""
     if isinstance(err, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction,
                         psycopg.errors.InvalidSchemaName)) and "werkfluss" in message:
-        return SchemaNotReady(
-            f"{message}; a worker started with `python -m werkfluss.worker --migrate` applies "
-            "the migrations too"
-        )
+        return SchemaNotReady(message)
     if isinstance(err, psycopg.errors.NoDataFound) and "run_id" in params:
         return RunNotFound(str(params["run_id"]))
     if isinstance(err, psycopg.errors.NoDataFound) and "schedule_name" in params:

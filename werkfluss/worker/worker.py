@@ -19,6 +19,8 @@ What a worker does:
 * **Beats** one heartbeat row every ``lease / 3`` seconds instead of renewing
   every held run, and **reaps** workers whose heartbeat stopped, so their runs
   are taken over after one lease (see :mod:`werkfluss.worker.heartbeat`).
+* **Prunes** finished runs older than its ``retention`` (default 14 days), in
+  small batches, one worker at a time (see :mod:`werkfluss.worker.retention`).
 * **Keeps** recently suspended runs in memory: when the same worker claims
   such a run again and nobody else ran it since, it goes on without
   replaying its log.
@@ -57,6 +59,7 @@ from werkfluss.store.recorder import Recorder
 from werkfluss.store.writes import ReleaseRun
 from werkfluss.worker.driver import RunDriver
 from werkfluss.worker.heartbeat import Liveness
+from werkfluss.worker.retention import Pruner
 from werkfluss.worker.scheduler import Scheduler
 
 Connect = Callable[[], Awaitable[tuple[Connector, Listener]]]
@@ -98,6 +101,10 @@ class Worker:
         poll_interval: the safety-net poll when no notification arrives (``"5s"``).
         shutdown_grace: how long ``stop()`` lets in-flight steps finish (``"10s"``).
         cache_size: suspended runs kept in memory to resume without replay (default 256).
+        retention: finished runs older than this are deleted, with their log,
+            hooks and payloads (default ``"14d"``; ``None`` or ``"off"`` keeps
+            everything). Workers take turns: one prunes at a time.
+        prune_interval: how often the worker prunes (default ``"5m"``, ±25 % jitter).
     """
 
     def __init__(
@@ -111,6 +118,8 @@ class Worker:
         shutdown_grace: Duration = "10s",
         worker_id: str | None = None,
         cache_size: int = 256,
+        retention: Duration | None = "14d",
+        prune_interval: Duration = "5m",
     ) -> None:
         if not _whole(concurrency, 1, MAX_CONCURRENCY):
             raise InvalidArgument(
@@ -126,6 +135,14 @@ class Worker:
         self.shutdown_grace = parse_duration(shutdown_grace, what="shutdown_grace")
         if self.shutdown_grace > 3600:
             raise InvalidArgument(f"shutdown_grace must be at most 1h, got {shutdown_grace!r}")
+        self.retention_seconds = (
+            None if retention is None or retention == "off"
+            else parse_duration(retention, what="retention", allow_zero=False)
+        )
+        self.prune_interval = parse_duration(prune_interval, what="prune_interval", allow_zero=False)
+        if not 0.01 <= self.prune_interval <= 86400:
+            raise InvalidArgument(f"prune_interval must be from 10ms to 1 day, got {prune_interval!r}")
+        self.pruner: Pruner | None = None  # while started with a retention
         self.concurrency = concurrency
         self.cache_size = cache_size
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -153,6 +170,7 @@ class Worker:
         self._started = False
         self._claiming = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._pruning: asyncio.Task[None] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._checking: set[str] = set()
@@ -242,9 +260,13 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="werkfluss-heartbeat"),
         ]
         self.scheduler.start()
+        if self.retention_seconds is not None:
+            self.pruner = Pruner(connector, retention=self.retention_seconds,
+                                 interval=self.prune_interval, worker_id=self.worker_id)
+            self._pruning = asyncio.create_task(self.pruner.run(), name="werkfluss-retention")
         telemetry.logger().info(
             "worker.started", worker_id=self.worker_id, workflows=self.workflow_names,
-            concurrency=self.concurrency, lease_s=self.lease_seconds,
+            concurrency=self.concurrency, lease_s=self.lease_seconds, retention_s=self.retention_seconds,
         )
 
     async def _declare_schedules(self, connector: Connector) -> None:
@@ -287,6 +309,10 @@ class Worker:
         self._wake.set()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        pruning, self._pruning = self._pruning, None
+        if pruning is not None:  # a batch in flight is one short transaction: cut it off
+            pruning.cancel()
+            await asyncio.gather(pruning, return_exceptions=True)
         claimer, heartbeat = self._tasks
         await asyncio.gather(claimer, return_exceptions=True)
         drivers = list(self._drivers.values())
