@@ -499,3 +499,97 @@ SELECT q.worker_id, w.host, w.pid, w.state, w.heartbeat_at,
   FROM werkfluss.queue q
   LEFT JOIN werkfluss.workers w ON w.id = q.worker_id
  WHERE q.run_id = %(run_id)s AND q.lease_id IS NOT NULL;
+
+-- name: create_schedule
+-- Create or redefine a schedule (engine.schedule); pause state is kept.
+SELECT werkfluss.create_schedule(
+    %(schedule_name)s, %(workflow)s, %(cron)s, %(timezone)s, %(args)s::jsonb, %(kwargs)s::jsonb,
+    %(catchup)s, %(overlap)s, %(catchup_limit)s
+) AS name;
+
+-- name: declare_schedules
+-- A worker starts: the schedules its workflows declare in code are created or
+-- brought up to date (pause state kept), and schedules once declared in code
+-- for the workflows it serves that the code declares no more are deleted.
+WITH declared AS (
+    SELECT *
+      FROM unnest(%(names)s::text[], %(workflows)s::text[], %(crons)s::text[], %(timezones)s::text[],
+                  %(catchups)s::text[], %(overlaps)s::text[], %(catchup_limits)s::integer[])
+           AS d(name, workflow, cron, timezone, catchup, overlap, catchup_limit)
+), upserted AS (
+    SELECT d.name,
+           werkfluss._upsert_schedule(d.name, d.workflow, d.cron, d.timezone, '[]', '{}', d.catchup,
+                                      d.overlap, d.catchup_limit, 'code') AS changed
+      FROM declared d
+), removed AS (
+    DELETE FROM werkfluss.schedules s
+     WHERE s.origin = 'code' AND s.workflow = ANY(%(served)s::text[])
+       AND s.name <> ALL(%(names)s::text[])
+    RETURNING s.name
+)
+SELECT (SELECT coalesce(array_agg(u.name ORDER BY u.name) FILTER (WHERE u.changed), '{}')
+          FROM upserted u) AS changed,
+       (SELECT coalesce(array_agg(x.name ORDER BY x.name), '{}') FROM removed x) AS removed;
+
+-- name: due_schedules
+-- Schedules of these workflows whose next tick has come (or is not computed
+-- yet), with the server's clock: the scheduler's one clock.
+SELECT name, workflow, cron, timezone, catchup, catchup_limit, overlap, since, next_tick, revision,
+       now() AS db_now
+  FROM werkfluss.schedules
+ WHERE workflow = ANY(%(workflows)s::text[]) AND NOT paused AND error IS NULL
+   AND (next_tick IS NULL OR next_tick <= now())
+ ORDER BY next_tick NULLS FIRST, name
+ LIMIT %(limit)s;
+
+-- name: next_schedule_tick
+-- Seconds (by the server's clock) until the next tick of these workflows'
+-- schedules; NULL if none is coming.
+SELECT extract(epoch FROM min(next_tick) - now())::float8 AS seconds
+  FROM werkfluss.schedules
+ WHERE workflow = ANY(%(workflows)s::text[]) AND NOT paused AND error IS NULL;
+
+-- name: fire_schedule
+-- Start the runs of a schedule's ticks and move its next tick on, unless its
+-- revision moved on meanwhile (then run_ids is NULL: another worker did it).
+SELECT werkfluss._fire_schedule(%(schedule_name)s, %(revision)s, %(ticks)s::timestamptz[],
+                                %(next_tick)s, %(skipped)s) AS run_ids;
+
+-- name: break_schedule
+-- Record why a schedule's ticks cannot be computed (it fires nothing until redefined).
+SELECT werkfluss._break_schedule(%(schedule_name)s, %(revision)s, %(error)s) AS broken;
+
+-- name: list_schedules
+-- Every schedule (optionally of one workflow) with the status of its last run.
+SELECT s.name, s.workflow, s.cron, s.timezone, s.args, s.kwargs, s.catchup, s.catchup_limit, s.overlap,
+       s.origin, s.paused, s.since, s.next_tick, s.last_tick, s.last_run_id, s.skipped, s.error,
+       s.created_at, s.updated_at, r.status AS last_run_status, now() AS db_now
+  FROM werkfluss.schedules s
+  LEFT JOIN werkfluss.runs r ON r.id = s.last_run_id
+ WHERE (%(workflow)s::text IS NULL OR s.workflow = %(workflow)s::text)
+ ORDER BY s.name;
+
+-- name: get_schedule
+-- One schedule with the status of its last run.
+SELECT s.name, s.workflow, s.cron, s.timezone, s.args, s.kwargs, s.catchup, s.catchup_limit, s.overlap,
+       s.origin, s.paused, s.since, s.next_tick, s.last_tick, s.last_run_id, s.skipped, s.error,
+       s.created_at, s.updated_at, r.status AS last_run_status, now() AS db_now
+  FROM werkfluss.schedules s
+  LEFT JOIN werkfluss.runs r ON r.id = s.last_run_id
+ WHERE s.name = %(schedule_name)s;
+
+-- name: pause_schedule
+-- Pause a schedule (true), or report that it was paused already (false).
+SELECT werkfluss.pause_schedule(%(schedule_name)s) AS changed;
+
+-- name: resume_schedule
+-- Resume a paused schedule (true), or report that it was not paused (false).
+SELECT werkfluss.resume_schedule(%(schedule_name)s) AS changed;
+
+-- name: trigger_schedule
+-- Start a run of a schedule now; returns its id.
+SELECT werkfluss.trigger_schedule(%(schedule_name)s) AS run_id;
+
+-- name: delete_schedule
+-- Delete a schedule (its runs are kept).
+SELECT werkfluss.delete_schedule(%(schedule_name)s) AS deleted;

@@ -17,6 +17,7 @@
             print(await handle.result())
 """
 
+from werkfluss.cron import Schedule
 from werkfluss.engine import Engine
 from werkfluss.errors import (
     AppImportError,
@@ -27,6 +28,7 @@ from werkfluss.errors import (
     HookConflict,
     HookRefused,
     InvalidArgument,
+    InvalidCron,
     InvalidDsn,
     InvalidTransition,
     NonDeterminismError,
@@ -37,9 +39,11 @@ from werkfluss.errors import (
     RunFailed,
     RunIdConflict,
     RunNotFound,
+    ScheduleNotFound,
     SchemaNotReady,
     SerializationError,
     StepFailed,
+    UnknownTimezone,
     UnknownWorkflowError,
     ValueRefused,
     WerkflussError,
@@ -53,6 +57,7 @@ from werkfluss.runtime.racing import race
 from werkfluss.runtime.steps import step
 from werkfluss.runtime.timers import sleep
 from werkfluss.runtime.workflows import workflow
+from werkfluss.store.schedules import ScheduleInfo
 from werkfluss.telemetry import configure_logging
 from werkfluss.worker.worker import Worker
 
@@ -69,6 +74,7 @@ __all__ = [
     "HookConflict",
     "HookRefused",
     "InvalidArgument",
+    "InvalidCron",
     "InvalidDsn",
     "InvalidTransition",
     "NonDeterminismError",
@@ -81,11 +87,15 @@ __all__ = [
     "RunIdConflict",
     "RunInfo",
     "RunNotFound",
+    "Schedule",
+    "ScheduleInfo",
+    "ScheduleNotFound",
     "SchemaNotReady",
     "SerializationError",
     "StepFailed",
     "StepInfo",
     "StepRecord",
+    "UnknownTimezone",
     "UnknownWorkflowError",
     "ValueRefused",
     "WerkflussError",

@@ -13,21 +13,26 @@ embedded PostgreSQL (see :mod:`werkfluss.store.embedded`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
+import inspect
 import os
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, cast
 
 from werkfluss import limits, serializer, telemetry
+from werkfluss.cron import Catchup, Overlap, Schedule, make_schedule
 from werkfluss.durations import Duration, optional_duration, parse_duration
-from werkfluss.errors import HookRefused, InvalidArgument
+from werkfluss.errors import HookRefused, InvalidArgument, ScheduleNotFound
 from werkfluss.runs import STATUSES, RunHandle, RunInfo
 from werkfluss.runtime import workflows
 from werkfluss.runtime.workflows import Workflow
-from werkfluss.store import migrations, retention
+from werkfluss.store import migrations, retention, schedules
 from werkfluss.store import workers as registry
 from werkfluss.store.connector import Connector
 from werkfluss.store.embedded import start_embedded
 from werkfluss.store.listener import Listener
+from werkfluss.store.schedules import ScheduleInfo
 from werkfluss.store.workers import WorkerInfo
 from werkfluss.worker.worker import Worker
 
@@ -293,6 +298,130 @@ class Engine:
         await self.open()
         return await registry.served_workflows(self.connector)
 
+    # --- schedules ---------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        workflow: Workflow[..., Any] | str,
+        cron: str | Schedule,
+        /,
+        *,
+        name: str | None = None,
+        timezone: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        catchup: Catchup | None = None,
+        overlap: Overlap | None = None,
+        catchup_limit: int | None = None,
+    ) -> ScheduleInfo:
+        """Create the schedule ``name`` (default: the workflow's name), or
+        redefine it: a run of ``workflow`` at every tick of ``cron``.
+
+        Each run receives its scheduled time first, then ``args`` and
+        ``kwargs``. The options are those of :class:`~werkfluss.Schedule`
+        (``cron`` may be one). Redefining keeps the schedule paused if it is;
+        a new cron expression or time zone counts ticks from now. Everything is
+        checked before the database is touched (:class:`InvalidCron`,
+        :class:`UnknownTimezone`, :class:`InvalidArgument`,
+        :class:`SerializationError`).
+
+            await engine.schedule(rollup, "0 * * * *", name="rollup-eu", args=["eu"],
+                                  timezone="Europe/Berlin")
+        """
+        wf_name = limits.check_workflow_name(workflows.name_of(workflow))
+        spec = make_schedule(cron, timezone=timezone, catchup=catchup, overlap=overlap,
+                             catchup_limit=catchup_limit)
+        schedule_name = limits.check_schedule_name(wf_name if name is None else name)
+        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+            raise InvalidArgument(f"args must be a list or tuple of arguments, not {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise InvalidArgument(f"kwargs must be a dict, not {type(kwargs).__name__}")
+        if isinstance(workflow, Workflow):
+            try:
+                inspect.signature(workflow.fn).bind(None, *args, **(kwargs or {}))
+            except TypeError as err:
+                raise InvalidArgument(
+                    f"{wf_name} cannot be called with its scheduled time followed by args={list(args)!r} "
+                    f"and kwargs={dict(kwargs or {})!r}: {err}"
+                ) from None
+            except ValueError:
+                pass
+        args_json = serializer.dumps(list(args), what=f"the arguments of schedule {schedule_name}")
+        kwargs_json = serializer.dumps(dict(kwargs or {}),
+                                       what=f"the keyword arguments of schedule {schedule_name}")
+        await self.open()
+        await schedules.create(
+            self.connector, name=schedule_name, workflow=wf_name, cron=spec.cron, timezone=spec.timezone,
+            args=args_json, kwargs=kwargs_json, catchup=spec.catchup, overlap=spec.overlap,
+            catchup_limit=spec.catchup_limit,
+        )
+        telemetry.logger().info("schedule.created", schedule=schedule_name, workflow=wf_name, cron=spec.cron,
+                                timezone=spec.timezone)
+        return await self.get_schedule(schedule_name)
+
+    async def schedules(self, *, workflow: Workflow[..., Any] | str | None = None) -> list[ScheduleInfo]:
+        """Every schedule (optionally of one workflow), by name, with its next
+        tick, last run and that run's status.
+
+            for s in await engine.schedules():
+                print(s.name, s.next_tick, s.last_run_id, s.last_run_status, s.paused)
+        """
+        wf_name = None if workflow is None else workflows.name_of(workflow)
+        await self.open()
+        found, now = await schedules.list_schedules(self.connector, workflow=wf_name)
+        return [_with_next_tick(info, now) for info in found]
+
+    async def get_schedule(self, name: str) -> ScheduleInfo:
+        """One schedule (raises :class:`ScheduleNotFound`)."""
+        name = limits.check_schedule_name(name)
+        await self.open()
+        info, now = await schedules.get(self.connector, name)
+        if info is None:
+            raise ScheduleNotFound(name)
+        return _with_next_tick(info, now)
+
+    async def pause_schedule(self, name: str) -> bool:
+        """Stop starting runs at its ticks; ``False`` if it was paused already.
+        Runs already started go on. Raises :class:`ScheduleNotFound`."""
+        name = limits.check_schedule_name(name)
+        await self.open()
+        changed = await schedules.pause(self.connector, name)
+        if changed:
+            telemetry.logger().info("schedule.paused", schedule=name)
+        return changed
+
+    async def resume_schedule(self, name: str) -> bool:
+        """Start runs at its ticks again, from the next tick on (the ticks that
+        fell into the pause do not run); ``False`` if it was not paused."""
+        name = limits.check_schedule_name(name)
+        await self.open()
+        changed = await schedules.resume(self.connector, name)
+        if changed:
+            telemetry.logger().info("schedule.resumed", schedule=name)
+        return changed
+
+    async def trigger_schedule(self, name: str) -> RunHandle:
+        """Start a run of the schedule now, outside its ticks (also while it is
+        paused; the overlap policy does not apply). Its scheduled time is now.
+
+            handle = await engine.trigger_schedule("nightly-report")
+        """
+        name = limits.check_schedule_name(name)
+        await self.open()
+        run_id = await schedules.trigger(self.connector, name)
+        telemetry.logger().info("schedule.triggered", schedule=name, run_id=run_id)
+        return RunHandle(self, run_id)
+
+    async def delete_schedule(self, name: str) -> None:
+        """Delete the schedule; the runs it started are kept. Raises
+        :class:`ScheduleNotFound`. A schedule declared with
+        ``@workflow(schedule=...)`` comes back when a worker serving that code
+        starts: remove it from the code."""
+        name = limits.check_schedule_name(name)
+        await self.open()
+        await schedules.delete(self.connector, name)
+        telemetry.logger().info("schedule.deleted", schedule=name)
+
     # --- workers -----------------------------------------------------------------------
 
     def worker(
@@ -330,3 +459,19 @@ class Engine:
         await self.open()
         listener = await self._listener_ready()
         return self.connector, listener
+
+
+def _with_next_tick(info: ScheduleInfo, now: dt.datetime | None) -> ScheduleInfo:
+    """The tick a schedule fires next: as stored, or — not computed by a
+    worker yet — from its definition; none while it is paused or broken."""
+    if info.paused or info.error is not None:
+        return dataclasses.replace(info, next_tick=None)
+    if info.next_tick is not None:
+        return info
+    try:
+        spec = Schedule(info.cron, timezone=info.timezone, catchup=cast(Catchup, info.catchup),
+                        overlap=cast(Overlap, info.overlap), catchup_limit=info.catchup_limit)
+    except InvalidArgument:
+        return info  # a worker will say why (the schedule's error)
+    after = info.since if now is None else max(info.since, now)
+    return dataclasses.replace(info, next_tick=spec.next_tick(after))

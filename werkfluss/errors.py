@@ -115,6 +115,26 @@ class RunNotFound(WerkflussError, LookupError):
         return f"no run with id {self.run_id!r}; list runs with `python -m werkfluss runs`"
 
 
+class ScheduleNotFound(WerkflussError, LookupError):
+    """No schedule has this name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        return f"no schedule named {self.name!r}; list schedules with `python -m werkfluss schedules`"
+
+
+class InvalidCron(InvalidArgument):
+    """A cron expression that the parser refuses (wrong number of fields, a
+    value out of range, a date that never comes)."""
+
+
+class UnknownTimezone(InvalidArgument):
+    """A time zone name that is not in the IANA time zone database."""
+
+
 class RunIdConflict(WerkflussError):
     """A ``run_id`` given as idempotency key already belongs to another workflow."""
 

@@ -6,8 +6,12 @@
     @workflow(name="onboard")      # or under a name of your choice
     async def onboard_v2(user_id: str) -> str: ...
 
+    @workflow(schedule="0 2 * * *", timezone="Europe/Berlin")   # a run every night at 02:00
+    async def nightly_report(scheduled_at: datetime) -> None: ...
+
 A worker serves the workflows registered in its process (importing the module
-with ``--app`` registers them). Outside a run, a workflow is the plain
+with ``--app`` registers them), and keeps the schedules they declare in the
+database (see :mod:`werkfluss.cron`). Outside a run, a workflow is the plain
 coroutine function; awaited inside another workflow's run it starts a child run.
 """
 
@@ -18,8 +22,9 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from werkfluss.cron import Catchup, Overlap, Schedule, make_schedule
 from werkfluss.errors import InvalidArgument, NotAWorkflowError, UnknownWorkflowError
-from werkfluss.limits import check_workflow_name
+from werkfluss.limits import check_schedule_name, check_workflow_name
 from werkfluss.runtime import context
 
 P = ParamSpec("P")
@@ -31,9 +36,13 @@ _REGISTRY: dict[str, Workflow[..., Any]] = {}
 class Workflow(Generic[P, R]):
     """A function registered with ``@workflow``."""
 
-    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]], name: str) -> None:
+    def __init__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], name: str, schedule: Schedule | None = None
+    ) -> None:
         self.fn = fn
         self.name = name
+        #: The schedule declared with ``@workflow(schedule=...)``, stored under the workflow's name.
+        self.schedule = schedule
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
@@ -61,12 +70,40 @@ async def _plain(fn: Callable[..., Coroutine[Any, Any, R]], args: Any, kwargs: A
 def workflow(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Workflow[P, R]: ...
 @overload
 def workflow(
-    *, name: str | None = None
+    *,
+    name: str | None = None,
+    schedule: str | Schedule | None = None,
+    timezone: str | None = None,
+    catchup: Catchup | None = None,
+    overlap: Overlap | None = None,
+    catchup_limit: int | None = None,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Workflow[P, R]]: ...
 
 
-def workflow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
-    """Register an ``async def`` as a durable workflow (bare, or ``@workflow(name=...)``)."""
+def workflow(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    schedule: str | Schedule | None = None,
+    timezone: str | None = None,
+    catchup: Catchup | None = None,
+    overlap: Overlap | None = None,
+    catchup_limit: int | None = None,
+) -> Any:
+    """Register an ``async def`` as a durable workflow (bare, or ``@workflow(name=...)``).
+
+    ``schedule`` (a cron expression, or a :class:`~werkfluss.Schedule`) starts a
+    run at every tick, with ``timezone``, ``catchup``, ``overlap`` and
+    ``catchup_limit`` as in :class:`~werkfluss.Schedule`. The schedule is
+    named after the workflow; each run receives its scheduled time as the
+    first argument::
+
+        @workflow(schedule="0 2 * * *", timezone="Europe/Berlin")
+        async def nightly_report(scheduled_at: datetime) -> None: ...
+    """
+    spec = _schedule(schedule, timezone=timezone, catchup=catchup, overlap=overlap,
+                     catchup_limit=catchup_limit)
 
     def decorate(func: Callable[..., Any]) -> Any:
         if isinstance(func, Workflow):
@@ -77,13 +114,50 @@ def workflow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None
                 "is not one"
             )
         wf_name = check_workflow_name(f"{func.__module__}.{func.__qualname__}" if name is None else name)
-        wf = Workflow(func, wf_name)
+        if spec is not None:
+            _check_schedulable(func, wf_name)
+        wf = Workflow(func, wf_name, spec)
         register(wf)
         return wf
 
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+def _schedule(
+    schedule: str | Schedule | None, *, timezone: str | None, catchup: Catchup | None,
+    overlap: Overlap | None, catchup_limit: int | None,
+) -> Schedule | None:
+    if schedule is None:
+        given = [name for name, value in (("timezone", timezone), ("catchup", catchup), ("overlap", overlap),
+                                          ("catchup_limit", catchup_limit)) if value is not None]
+        if given:
+            raise InvalidArgument(
+                f"{', '.join(given)} given without schedule=; add e.g. schedule='0 2 * * *' or drop them")
+        return None
+    return make_schedule(schedule, timezone=timezone, catchup=catchup, overlap=overlap,
+                         catchup_limit=catchup_limit)
+
+
+def _check_schedulable(func: Callable[..., Any], name: str) -> None:
+    """A scheduled workflow is called with its scheduled time as the only argument."""
+    try:
+        inspect.signature(func).bind(None)
+    except TypeError:
+        raise InvalidArgument(
+            f"the scheduled workflow {name} must take its scheduled time as its first argument, "
+            f"e.g. `async def {func.__name__}(scheduled_at: datetime)`"
+        ) from None
+    except ValueError:  # no signature to inspect (a builtin): nothing to check
+        return
+    try:
+        check_schedule_name(name)
+    except InvalidArgument as err:
+        raise InvalidArgument(
+            f"the schedule of workflow {name} is named after it, and {err}; register the workflow "
+            "under another name with @workflow(name=...), or schedule it with engine.schedule(..., name=...)"
+        ) from None
 
 
 def register(wf: Workflow[..., Any]) -> None:

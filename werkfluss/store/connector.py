@@ -34,6 +34,7 @@ from werkfluss.errors import (
     RecordRefused,
     RunIdConflict,
     RunNotFound,
+    ScheduleNotFound,
     SchemaNotReady,
     ValueRefused,
 )
@@ -53,6 +54,7 @@ READ_ONLY = frozenset({
     "get_run", "list_runs", "list_events", "list_steps", "read_logs", "run_inputs", "next_due",
     "schema_state", "worker_held_runs", "list_workers", "migrations_applied", "migrations_table_exists",
     "run_lease", "count_prunable", "served_workflows",
+    "due_schedules", "next_schedule_tick", "list_schedules", "get_schedule",
 })
 
 # SQLSTATEs after which the same transaction is expected to succeed when run again.
@@ -550,7 +552,8 @@ def translate_error(err: psycopg.Error, params: Params, connector: Connector) ->
       data exceptions, class ``54`` limits such as an index row too large):
       :class:`ValueRefused`, an ``InvalidArgument`` that is also a ``DatabaseError``;
     - the schema is missing or old: :class:`SchemaNotReady`;
-    - ``P0002`` for a run id: :class:`RunNotFound`; a run id taken by another
+    - ``P0002`` for a run id: :class:`RunNotFound`; for a schedule name:
+      :class:`ScheduleNotFound`; a run id taken by another
       workflow: :class:`RunIdConflict`;
     - anything else: :class:`DatabaseError`, quoting PostgreSQL's message.
     """
@@ -565,6 +568,8 @@ def translate_error(err: psycopg.Error, params: Params, connector: Connector) ->
         return SchemaNotReady(message)
     if isinstance(err, psycopg.errors.NoDataFound) and "run_id" in params:
         return RunNotFound(str(params["run_id"]))
+    if isinstance(err, psycopg.errors.NoDataFound) and "schedule_name" in params:
+        return ScheduleNotFound(str(params["schedule_name"]))
     if isinstance(err, psycopg.errors.UniqueViolation) and message.startswith("werkfluss."):
         return RunIdConflict(message + hint)
     if isinstance(err, psycopg.errors.RaiseException) or (

@@ -13,6 +13,9 @@ What a worker does:
 * **Claims** due runs with ``FOR UPDATE SKIP LOCKED`` when it has free slots,
   woken by ``LISTEN/NOTIFY`` and by the next known due time, with a slow poll
   as the safety net.
+* **Schedules**: keeps the schedules its workflows declare
+  (``@workflow(schedule=...)``) in the database and fires the ticks of the
+  schedules of the workflows it serves (see :mod:`werkfluss.worker.scheduler`).
 * **Beats** one heartbeat row every ``lease / 3`` seconds instead of renewing
   every held run, and **reaps** workers whose heartbeat stopped, so their runs
   are taken over after one lease (see :mod:`werkfluss.worker.heartbeat`).
@@ -47,7 +50,7 @@ from werkfluss.runtime import workflows
 from werkfluss.runtime.instance import WorkflowInstance
 from werkfluss.runtime.state import RunState
 from werkfluss.runtime.workflows import Workflow
-from werkfluss.store import dispatch
+from werkfluss.store import dispatch, schedules
 from werkfluss.store import workers as registry
 from werkfluss.store.connector import Connector
 from werkfluss.store.listener import QUEUE_CHANNEL, RUNS_CHANNEL, WAKE_CHANNEL, Listener
@@ -57,6 +60,7 @@ from werkfluss.store.writes import ReleaseRun
 from werkfluss.worker.driver import RunDriver
 from werkfluss.worker.heartbeat import Liveness
 from werkfluss.worker.retention import Pruner
+from werkfluss.worker.scheduler import Scheduler
 
 Connect = Callable[[], Awaitable[tuple[Connector, Listener]]]
 
@@ -158,6 +162,7 @@ class Worker:
         # the reaper ends them if this worker is declared dead.
         self.app_name = f"werkfluss-w-{uuid.uuid4().hex[:12]}"
         self._recorder: Recorder | None = None
+        self.scheduler: Scheduler | None = None
         self._wake = asyncio.Event()
         self._stop_heartbeat = asyncio.Event()
         self._force = asyncio.Event()
@@ -223,14 +228,18 @@ class Worker:
         self._connector = connector
         connector.write_idle_timeout = min(connector.write_idle_timeout, self.lease_seconds)
         await check_schema(connector)
+        await self._declare_schedules(connector)
         await registry.register(
             connector, id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), version=_version(),
             workflows=self.workflow_names, concurrency=self.concurrency, lease_seconds=self.lease_seconds,
             clock=self.clock, app_name=self.app_name,
         )
         self.liveness.confirmed(time.monotonic() - 0.001)
+        self.scheduler = Scheduler(connector, workflows=self.workflow_names, poll_interval=self.poll_interval,
+                                   worker_id=self.worker_id)
         self._unsubscribe = [
             listener.subscribe(QUEUE_CHANNEL, self._on_queue),
+            listener.subscribe(QUEUE_CHANNEL, self.scheduler.notified),
             listener.subscribe(RUNS_CHANNEL, self._on_runs),
             listener.subscribe(WAKE_CHANNEL, self._on_wake),
         ]
@@ -250,6 +259,7 @@ class Worker:
             asyncio.create_task(self._claim_loop(), name="werkfluss-claimer"),
             asyncio.create_task(self._heartbeat_loop(), name="werkfluss-heartbeat"),
         ]
+        self.scheduler.start()
         if self.retention_seconds is not None:
             self.pruner = Pruner(connector, retention=self.retention_seconds,
                                  interval=self.prune_interval, worker_id=self.worker_id)
@@ -258,6 +268,20 @@ class Worker:
             "worker.started", worker_id=self.worker_id, workflows=self.workflow_names,
             concurrency=self.concurrency, lease_s=self.lease_seconds, retention_s=self.retention_seconds,
         )
+
+    async def _declare_schedules(self, connector: Connector) -> None:
+        """Store the schedules the served workflows declare in code (pause state
+        is kept); delete those once declared for them that the code declares no more."""
+        declared = [
+            schedules.Declared(name=wf.name, workflow=wf.name, cron=wf.schedule.cron,
+                               timezone=wf.schedule.timezone, catchup=wf.schedule.catchup,
+                               overlap=wf.schedule.overlap, catchup_limit=wf.schedule.catchup_limit)
+            for wf in self._workflows.values() if wf.schedule is not None
+        ]
+        changed, removed = await schedules.declare(connector, declared=declared, served=self.workflow_names)
+        if changed or removed:
+            telemetry.logger().info("schedule.declared", worker_id=self.worker_id, changed=changed,
+                                    removed=removed)
 
     def _resolve_workflows(self) -> dict[str, Workflow[..., Any]]:
         if self._requested is None:
@@ -283,6 +307,8 @@ class Worker:
         grace_s = self.shutdown_grace if grace is None else parse_duration(grace, what="grace")
         self._stopping = True
         self._wake.set()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         pruning, self._pruning = self._pruning, None
         if pruning is not None:  # a batch in flight is one short transaction: cut it off
             pruning.cancel()
