@@ -139,6 +139,30 @@ CREATE FUNCTION werkfluss._run_inputs(run_id text, OUT wakeups integer, OUT inbo
              WHERE c.parent_id = _run_inputs.run_id AND c.finished_at IS NOT NULL AND NOT c.delivered)
 $$;
 
+CREATE FUNCTION werkfluss._runs_traceparent() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+BEGIN
+    IF NEW.traceparent IS NULL THEN
+        NEW.traceparent := nullif(current_setting('werkfluss.traceparent', true), '');
+    END IF;
+    IF NEW.traceparent IS NOT NULL AND (
+           NEW.traceparent !~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+           OR left(NEW.traceparent, 2) = 'ff'
+           OR substr(NEW.traceparent, 4, 32) = repeat('0', 32)
+           OR substr(NEW.traceparent, 37, 16) = repeat('0', 16)) THEN
+        RAISE EXCEPTION 'werkfluss.start_run: werkfluss.traceparent must be a W3C traceparent, got %',
+                quote_literal(left(NEW.traceparent, 100))
+            USING ERRCODE = '22023',
+                  HINT = 'version-traceid-spanid-flags in lowercase hex, e.g. '
+                         '''00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01''; '
+                         'or leave the setting empty';
+    END IF;
+    RETURN NEW;
+END
+$_$;
+
 CREATE FUNCTION werkfluss._send(token text, payload jsonb) RETURNS text
     LANGUAGE plpgsql
     AS $$
@@ -534,6 +558,7 @@ CREATE TABLE werkfluss.runs (
     finished_at timestamp with time zone,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     delivered boolean DEFAULT false NOT NULL,
+    traceparent text,
     CONSTRAINT runs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'sleeping'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
 )
 WITH (fillfactor='80');
@@ -598,6 +623,8 @@ CREATE INDEX runs_parent_id_idx ON werkfluss.runs USING btree (parent_id) WHERE 
 
 CREATE INDEX runs_undelivered_idx ON werkfluss.runs USING btree (parent_id) WHERE ((parent_id IS NOT NULL) AND (finished_at IS NOT NULL) AND (NOT delivered));
 
+CREATE TRIGGER runs_traceparent BEFORE INSERT ON werkfluss.runs FOR EACH ROW EXECUTE FUNCTION werkfluss._runs_traceparent();
+
 GRANT USAGE ON SCHEMA werkfluss TO werkfluss_client;
 
 REVOKE ALL ON FUNCTION werkfluss._cancel_tree(roots text[]) FROM PUBLIC;
@@ -605,6 +632,8 @@ REVOKE ALL ON FUNCTION werkfluss._cancel_tree(roots text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION werkfluss._reap_workers() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._run_inputs(run_id text, OUT wakeups integer, OUT inbox jsonb, OUT children jsonb) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._runs_traceparent() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._send(token text, payload jsonb) FROM PUBLIC;
 

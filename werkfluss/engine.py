@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from werkfluss import limits, serializer, telemetry
+from werkfluss import limits, serializer, telemetry, tracing
 from werkfluss.durations import Duration, optional_duration, parse_duration
 from werkfluss.errors import HookRefused, InvalidArgument
 from werkfluss.runs import STATUSES, RunHandle, RunInfo
@@ -171,7 +171,7 @@ class Engine:
         await self.open()
         row = await self.connector.fetch_one(
             "start_run", name=name, args=args_json, run_id=run_id,
-            kwargs=kwargs_json, timeout_seconds=timeout_s,
+            kwargs=kwargs_json, timeout_seconds=timeout_s, traceparent=tracing.current_traceparent(),
         )
         assert row is not None
         handle = RunHandle(self, row["run_id"])

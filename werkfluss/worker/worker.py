@@ -347,7 +347,8 @@ class Worker:
         elif new is RunState.FINISHED:
             self.runs_finished += 1
         elif new is RunState.CANCELLED:
-            telemetry.logger().info("run.cancelled", run_id=driver.run_id, worker_id=self.worker_id)
+            telemetry.logger().info("run.cancelled", run_id=driver.run_id, workflow=driver.claimed.workflow,
+                                    worker_id=self.worker_id)
 
     def driver_done(self, driver: RunDriver) -> None:
         if self._drivers.get(driver.run_id) is driver:
@@ -504,7 +505,8 @@ class Worker:
         driver.start()
         if telemetry.debug_enabled():
             log.debug("run.claimed", run_id=run.run_id, workflow=run.workflow, worker_id=self.worker_id,
-                      replaying=len(run.log), resumed=resumed)
+                      replaying=len(run.log), resumed=resumed, claims=run.claims,
+                      waited_ms=round(run.waited * 1000, 3))
 
     # --- heartbeats --------------------------------------------------------------------
 
