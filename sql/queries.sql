@@ -497,3 +497,8 @@ SELECT workflow, count(*) AS due,
   FROM werkfluss.queue
  WHERE available_at <= now()
  GROUP BY workflow;
+
+-- name: backend_pid
+-- The server process that runs this connection's queries: a pooler in between
+-- shows as a pid other than the one the connection was told at start-up.
+SELECT pg_backend_pid() AS pid;

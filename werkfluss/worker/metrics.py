@@ -132,6 +132,7 @@ class WorkerMetrics:
         self._seen_workflows: set[str] = set()
         self._unobserve: Callable[[], None] | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._server: Any = None
         self._thread: Any = None
 
@@ -142,6 +143,7 @@ class WorkerMetrics:
         if self._unobserve is None:
             self._unobserve = telemetry.observe(self._on_event)
         if self._sampler is None:
+            self._stopping.clear()
             self._sampler = asyncio.get_running_loop().create_task(self._sample_loop(),
                                                                    name="werkfluss-metrics")
 
@@ -169,6 +171,10 @@ class WorkerMetrics:
             self._unobserve = None
         sampler, self._sampler = self._sampler, None
         if sampler is not None:
+            # Between samples, never in the middle of the query (a cancel
+            # request costs the server, and trips some poolers).
+            self._stopping.set()
+            await asyncio.wait([sampler], timeout=5.0)
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
@@ -242,7 +248,7 @@ class WorkerMetrics:
 
     async def _sample_loop(self) -> None:
         failed = False
-        while True:
+        while not self._stopping.is_set():
             wait = self.sample_interval
             try:
                 await self.sample()
@@ -253,4 +259,5 @@ class WorkerMetrics:
                 if not failed:
                     telemetry.logger().warning("metrics.sample_failed", error=str(err))
                 failed = True
-            await asyncio.sleep(wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)

@@ -293,6 +293,13 @@ class Worker:
             log.warning("worker.deregister_failed", worker_id=self.worker_id, error=str(err))
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+        # Background queries (cancelling child runs, checking for cancellations)
+        # are short: let them finish rather than cancel them in flight, which
+        # costs the server a cancel request (and trips some poolers).
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=1.0)
+        for task in list(self._background):
+            task.cancel()
         for extra in (self._beat, self._writes, self._connector):
             if extra is not None:
                 await extra.close()
@@ -300,8 +307,6 @@ class Worker:
         for cached in self._cache.values():
             cached.instance.evict()
         self._cache.clear()
-        for task in list(self._background):
-            task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._started = False
         log.info("worker.stopped", worker_id=self.worker_id, released=held)
