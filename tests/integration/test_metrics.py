@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from werkfluss import ConfigurationError, Engine, FatalError, step, workflow
+from werkfluss import ConfigurationError, Engine, FatalError, InvalidArgument, step, workflow
 from werkfluss.worker.metrics import WorkerMetrics
 
 from ..helpers import WorkerProcess, sql, wait_until
@@ -173,6 +173,12 @@ async def test_a_busy_metrics_port_is_a_clear_error(engine: Engine) -> None:
         message = f"cannot serve metrics on 127.0.0.1:{port}.*--metrics-port"
         with pytest.raises(ConfigurationError, match=message):
             metrics.serve(port)
+
+
+@pytest.mark.parametrize("interval", ["1ms", "2h", "soon", 0])
+def test_a_bad_sample_interval_is_refused_clearly(engine: Engine, interval: object) -> None:
+    with pytest.raises(InvalidArgument, match=r"metrics sample interval \(--metrics-interval\)"):
+        WorkerMetrics(engine.worker(workflows=[work]), sample_interval=interval)  # type: ignore[arg-type]
 
 
 def test_metrics_without_prometheus_client_say_which_extra_to_install(

@@ -71,9 +71,10 @@ class WorkerMetrics:
 
     def __init__(self, worker: Worker, *, registry: Any = None, sample_interval: Duration = "15s") -> None:
         prom = _prometheus()
-        self.sample_interval = parse_duration(sample_interval, what="sample_interval", allow_zero=False)
+        what = "the metrics sample interval (--metrics-interval)"
+        self.sample_interval = parse_duration(sample_interval, what=what, allow_zero=False)
         if not 0.1 <= self.sample_interval <= 3600:
-            raise InvalidArgument(f"sample_interval must be from 100ms to 1h, got {sample_interval!r}")
+            raise InvalidArgument(f"{what} must be from 100ms to 1h, got {sample_interval!r}")
         self.worker = worker
         if registry is None:
             registry = prom.CollectorRegistry()
