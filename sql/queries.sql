@@ -33,11 +33,18 @@ SELECT coalesce(array_agg(version ORDER BY version), '{}') AS versions
   FROM werkfluss.migrations;
 
 -- name: start_run
--- Start a run through the same SQL function other languages call.
+-- Start a run through the same SQL function other languages call. The
+-- caller's trace context (a W3C traceparent, or NULL) is handed to the new
+-- run through the transaction-local setting werkfluss.traceparent, which a
+-- trigger on werkfluss.runs reads (migration 0012).
+WITH trace AS MATERIALIZED (
+    SELECT set_config('werkfluss.traceparent', coalesce(%(traceparent)s::text, ''), true)
+)
 SELECT werkfluss.start_run(
     %(name)s, %(args)s::jsonb, %(run_id)s, %(kwargs)s::jsonb,
     %(timeout_seconds)s * interval '1 second'
-) AS run_id;
+) AS run_id
+  FROM trace;
 
 -- name: cancel_run
 -- Cancel a run (true), or report that it had already finished (false).
@@ -82,7 +89,8 @@ SELECT seq, kind, name, status, input, output, error, attempts, started_at, fini
 -- whether anyone else ran it since. Returns what may unblock each run and the
 -- server's clock (the worker's one clock).
 WITH picked AS (
-    SELECT q.run_id, q.lease_id AS previous_lease_id, q.worker_id AS previous_worker_id
+    SELECT q.run_id, q.lease_id AS previous_lease_id, q.worker_id AS previous_worker_id,
+           q.available_at AS due_at
       FROM werkfluss.queue q
      WHERE q.available_at <= now()
        AND q.workflow = ANY(%(workflows)s::text[])
@@ -97,17 +105,20 @@ WITH picked AS (
            claims = q.claims + 1
       FROM picked p
      WHERE q.run_id = p.run_id
- RETURNING q.run_id, q.lease_id, q.claims, q.wakeups, p.previous_lease_id, p.previous_worker_id
+ RETURNING q.run_id, q.lease_id, q.claims, q.wakeups, p.previous_lease_id, p.previous_worker_id,
+           p.due_at
 ), started AS (
     UPDATE werkfluss.runs r
        SET status = 'running', started_at = coalesce(r.started_at, now()),
            updated_at = now(), wake_at = NULL, waiting_on = NULL
       FROM leased l
      WHERE r.id = l.run_id
- RETURNING r.id, r.workflow, r.args, r.kwargs, r.deadline, r.parent_id, r.started_at
+ RETURNING r.id, r.workflow, r.args, r.kwargs, r.deadline, r.parent_id, r.started_at, r.traceparent
 )
 SELECT s.id AS run_id, s.workflow, s.args, s.kwargs, s.deadline, s.parent_id, s.started_at,
-       l.lease_id, l.claims, l.previous_lease_id, l.previous_worker_id,
+       l.lease_id, l.claims, l.previous_lease_id, l.previous_worker_id, s.traceparent,
+       -- How long the run was due before this claim (the claim latency).
+       greatest(extract(epoch FROM now() - l.due_at), 0)::float8 AS waited_s,
        -- The wake-up count from the same snapshot as the inputs: an event newer
        -- than what is read here shows as a higher count later (see suspend_runs).
        i.wakeups, i.inbox, i.children, clock_timestamp() AS db_now,
@@ -264,16 +275,16 @@ WITH batch AS (
     SELECT *
       FROM unnest(%(run_ids)s::text[], %(lease_ids)s::uuid[], %(seqs)s::integer[],
                   %(child_ids)s::text[], %(workflows)s::text[], %(args)s::jsonb[],
-                  %(kwargs)s::jsonb[])
-           AS b(run_id, lease_id, seq, child_id, workflow, args, kwargs)
+                  %(kwargs)s::jsonb[], %(traceparents)s::text[])
+           AS b(run_id, lease_id, seq, child_id, workflow, args, kwargs, traceparent)
 ), fenced AS (
     SELECT b.* FROM batch b
      WHERE EXISTS (SELECT 1 FROM werkfluss.queue q
                     WHERE q.run_id = b.run_id AND q.lease_id = b.lease_id
                       FOR SHARE)
 ), children AS (
-    INSERT INTO werkfluss.runs (id, workflow, args, kwargs, parent_id)
-    SELECT f.child_id, f.workflow, f.args, f.kwargs, f.run_id FROM fenced f
+    INSERT INTO werkfluss.runs (id, workflow, args, kwargs, parent_id, traceparent)
+    SELECT f.child_id, f.workflow, f.args, f.kwargs, f.run_id, f.traceparent FROM fenced f
         ON CONFLICT (id) DO NOTHING
     RETURNING id, workflow
 ), queued AS (
@@ -593,3 +604,17 @@ SELECT werkfluss.trigger_schedule(%(schedule_name)s) AS run_id;
 -- name: delete_schedule
 -- Delete a schedule (its runs are kept).
 SELECT werkfluss.delete_schedule(%(schedule_name)s) AS deleted;
+
+-- name: queue_depth
+-- Runs that are due and not claimed, by workflow, and how long the oldest of
+-- them has been due (the metrics sampler runs it every few seconds).
+SELECT workflow, count(*) AS due,
+       extract(epoch FROM now() - min(available_at))::float8 AS oldest_due_s
+  FROM werkfluss.queue
+ WHERE available_at <= now()
+ GROUP BY workflow;
+
+-- name: backend_pid
+-- The server process that runs this connection's queries: a pooler in between
+-- shows as a pid other than the one the connection was told at start-up.
+SELECT pg_backend_pid() AS pid;

@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, cast
 
-from werkfluss import limits, serializer, telemetry
+from werkfluss import limits, serializer, telemetry, tracing
 from werkfluss.cron import Catchup, Overlap, Schedule, make_schedule
 from werkfluss.durations import Duration, optional_duration, parse_duration
 from werkfluss.errors import HookRefused, InvalidArgument, ScheduleNotFound
@@ -176,7 +176,7 @@ class Engine:
         await self.open()
         row = await self.connector.fetch_one(
             "start_run", name=name, args=args_json, run_id=run_id,
-            kwargs=kwargs_json, timeout_seconds=timeout_s,
+            kwargs=kwargs_json, timeout_seconds=timeout_s, traceparent=tracing.current_traceparent(),
         )
         assert row is not None
         handle = RunHandle(self, row["run_id"])

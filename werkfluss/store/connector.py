@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from werkfluss import telemetry
 from werkfluss.errors import (
     DatabaseBusy,
     DatabaseError,
@@ -51,7 +52,7 @@ def _quietly(pool: Any) -> None:
 
 # Queries that change nothing: safe to run again after a lost connection.
 READ_ONLY = frozenset({
-    "get_run", "list_runs", "list_events", "list_steps", "read_logs", "run_inputs", "next_due",
+    "get_run", "list_runs", "list_events", "list_steps", "read_logs", "run_inputs", "next_due", "queue_depth",
     "schema_state", "worker_held_runs", "list_workers", "migrations_applied", "migrations_table_exists",
     "run_lease", "count_prunable", "served_workflows",
     "due_schedules", "next_schedule_tick", "list_schedules", "get_schedule",
@@ -217,6 +218,7 @@ class Connector:
         application_name: str = "werkfluss",
         connect_timeout: float = 10.0,
         acquire_timeout: float | None = None,
+        prepare: bool | None = None,
     ) -> None:
         self.dsn = dsn
         self.description = describe_dsn(dsn)
@@ -236,6 +238,12 @@ class Connector:
         # do not keep other workers from taking its runs over. Workers set it to
         # their lease.
         self.write_idle_timeout: float = 60.0
+        # Whether psycopg may prepare statements on these connections. None: find
+        # out when opening. Behind a pooler in transaction mode (PgBouncer before
+        # 1.21) a prepared statement is bound to a server connection that the
+        # next transaction may not get: it is missing there, or another client's
+        # statement has its name. So werkfluss prepares nothing behind a pooler.
+        self.prepare = prepare
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -246,7 +254,16 @@ class Connector:
         # One direct attempt first: the pool would retry silently until its
         # timeout, while this gives the user the server's own reason at once.
         conn = await self._connect()
-        await conn.close()
+        try:
+            if self.prepare is None:
+                self.prepare = not await _behind_a_pooler(conn)
+                if not self.prepare:
+                    telemetry.logger().info("connector.pooler_detected", database=self.description,
+                                            prepared_statements=False)
+        except psycopg.Error as err:
+            self._raise(err, {})
+        finally:
+            await conn.close()
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = AsyncConnectionPool(
             self.dsn,
             min_size=self._min_size,
@@ -275,7 +292,8 @@ class Connector:
         """A separate, small pool to the same database: a short path that
         slow work on this pool cannot block (a worker's heartbeat, its writes)."""
         return Connector(self.dsn, min_size=1, max_size=max_size, application_name=application_name,
-                         connect_timeout=self._connect_timeout, acquire_timeout=acquire_timeout)
+                         connect_timeout=self._connect_timeout, acquire_timeout=acquire_timeout,
+                         prepare=self.prepare)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -287,12 +305,15 @@ class Connector:
         return self._pool is not None
 
     def _connect_kwargs(self) -> dict[str, Any]:
-        return {
+        kwargs = {
             "autocommit": True,
             "row_factory": dict_row,
             "application_name": self._application_name,
             "connect_timeout": max(1, int(self._connect_timeout)),
         }
+        if self.prepare is False:
+            kwargs["prepare_threshold"] = None
+        return kwargs
 
     async def _connect(self, dsn: str | None = None) -> psycopg.AsyncConnection[Row]:
         dsn = dsn or self.dsn
@@ -585,6 +606,19 @@ def translate_error(err: psycopg.Error, params: Params, connector: Connector) ->
             "grant; see the roles section of docs/operations.md"
         )
     return DatabaseError(f"PostgreSQL error: {message}{hint}")
+
+
+async def _behind_a_pooler(conn: psycopg.AsyncConnection[Row]) -> bool:
+    """Whether ``conn`` reaches PostgreSQL through a connection pooler.
+
+    A pooler (PgBouncer, pgcat, Odyssey, RDS Proxy, ...) answers the start-up
+    itself and gives the client a cancel key of its own, so the backend pid
+    the client was told is not the pid of the server process that runs its
+    queries. Connected directly, the two are the same.
+    """
+    cur = await conn.execute(QUERIES["backend_pid"])
+    row = await cur.fetchone()
+    return row is None or row["pid"] != conn.info.backend_pid
 
 
 async def _check_pool(pool: AsyncConnectionPool[Any]) -> None:

@@ -68,6 +68,13 @@ def parser(prog: str = "python -m werkfluss.worker") -> argparse.ArgumentParser:
                         "(default 256; 0 turns the cache off)")
     p.add_argument("--listen-dsn", metavar="URL", help="direct connection for LISTEN when --dsn goes through "
                    "PgBouncer in transaction mode (default: $WERKFLUSS_LISTEN_URL, else --dsn)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (needs werkfluss[metrics]; "
+                        "default: no metrics)")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address the metrics endpoint listens on (default 127.0.0.1; 0.0.0.0 in a container)")
+    p.add_argument("--metrics-interval", default="15s", metavar="DURATION",
+                   help="how often the queue depth gauges are sampled, e.g. 15s (default)")
     return p
 
 
@@ -167,11 +174,20 @@ async def serve(args: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
-        await worker.start()
+        metrics = None
+        if args.metrics_port is not None:
+            from werkfluss.worker.metrics import WorkerMetrics
+
+            metrics = WorkerMetrics(worker, sample_interval=args.metrics_interval)
+            metrics.serve(args.metrics_port, args.metrics_host)
+            metrics.start()
         try:
+            await worker.start()
             await stop.wait()
         finally:
             await worker.stop()
+            if metrics is not None:
+                await metrics.stop()
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m werkfluss.worker") -> int:

@@ -345,6 +345,13 @@ class Worker:
             log.warning("worker.deregister_failed", worker_id=self.worker_id, error=str(err))
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+        # Background queries (cancelling child runs, checking for cancellations)
+        # are short: let them finish rather than cancel them in flight, which
+        # costs the server a cancel request (and trips some poolers).
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=1.0)
+        for task in list(self._background):
+            task.cancel()
         for extra in (self._beat, self._writes, self._connector):
             if extra is not None:
                 await extra.close()
@@ -352,8 +359,6 @@ class Worker:
         for cached in self._cache.values():
             cached.instance.evict()
         self._cache.clear()
-        for task in list(self._background):
-            task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._started = False
         log.info("worker.stopped", worker_id=self.worker_id, released=held)
@@ -399,7 +404,8 @@ class Worker:
         elif new is RunState.FINISHED:
             self.runs_finished += 1
         elif new is RunState.CANCELLED:
-            telemetry.logger().info("run.cancelled", run_id=driver.run_id, worker_id=self.worker_id)
+            telemetry.logger().info("run.cancelled", run_id=driver.run_id, workflow=driver.claimed.workflow,
+                                    worker_id=self.worker_id)
 
     def driver_done(self, driver: RunDriver) -> None:
         if self._drivers.get(driver.run_id) is driver:
@@ -556,7 +562,8 @@ class Worker:
         driver.start()
         if telemetry.debug_enabled():
             log.debug("run.claimed", run_id=run.run_id, workflow=run.workflow, worker_id=self.worker_id,
-                      replaying=len(run.log), resumed=resumed)
+                      replaying=len(run.log), resumed=resumed, claims=run.claims,
+                      waited_ms=round(run.waited * 1000, 3))
 
     # --- heartbeats --------------------------------------------------------------------
 
