@@ -15,6 +15,15 @@ SET row_security = off;
 
 CREATE SCHEMA werkfluss;
 
+CREATE FUNCTION werkfluss._break_schedule(name text, revision bigint, error text) RETURNS boolean
+    LANGUAGE sql
+    AS $$
+    UPDATE werkfluss.schedules x
+       SET error = _break_schedule.error, revision = x.revision + 1, updated_at = now()
+     WHERE x.name = _break_schedule.name AND x.revision = _break_schedule.revision
+    RETURNING true
+$$;
+
 CREATE FUNCTION werkfluss._cancel_tree(roots text[]) RETURNS text[]
     LANGUAGE plpgsql
     AS $$
@@ -62,6 +71,123 @@ BEGIN
                  THEN array_to_string(cancelled, ',') ELSE '*' END);
     END IF;
     RETURN cancelled;
+END
+$$;
+
+CREATE FUNCTION werkfluss._check_schedule_name(caller text, name text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+DECLARE
+    problem text := werkfluss._schedule_name_problem(name);
+BEGIN
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'werkfluss.%: the schedule name %', caller, problem
+            USING ERRCODE = '22023',
+                  HINT = 'schedule names are up to 200 characters without '':'' or whitespace, '
+                         'e.g. ''nightly-report''';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION werkfluss._fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_tick timestamp with time zone, skipped integer) RETURNS text[]
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    s        werkfluss.schedules%ROWTYPE;
+    busy     boolean := false;
+    started  text[] := '{}';
+    missed   integer := coalesce(_fire_schedule.skipped, 0);
+    tick     timestamptz;
+    id       text;
+BEGIN
+    UPDATE werkfluss.schedules x
+       SET next_tick = _fire_schedule.next_tick, revision = x.revision + 1, updated_at = now()
+     WHERE x.name = _fire_schedule.name AND x.revision = _fire_schedule.revision AND NOT x.paused
+    RETURNING x.* INTO s;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF cardinality(ticks) > 0 THEN
+        IF s.overlap = 'skip' AND s.last_run_id IS NOT NULL THEN
+            SELECT r.status NOT IN ('completed', 'failed', 'cancelled') INTO busy
+              FROM werkfluss.runs r WHERE r.id = s.last_run_id;
+            busy := coalesce(busy, false);
+        END IF;
+        FOREACH tick IN ARRAY ticks LOOP
+            IF busy THEN
+                missed := missed + 1;
+                CONTINUE;
+            END IF;
+            id := 'schedule:' || s.name || ':' || to_char(tick AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
+            BEGIN
+                PERFORM werkfluss.start_run(
+                    name => s.workflow,
+                    args => jsonb_build_array(werkfluss._scheduled_at(tick, s.timezone)) || s.args,
+                    run_id => id,
+                    kwargs => s.kwargs);
+            EXCEPTION WHEN unique_violation THEN
+                missed := missed + 1;  -- the id belongs to a run of another workflow
+                CONTINUE;
+            END;
+            started := started || id;
+            busy := s.overlap = 'skip';
+        END LOOP;
+        UPDATE werkfluss.schedules x
+           SET last_tick = ticks[cardinality(ticks)],
+               last_run_id = coalesce(started[cardinality(started)], x.last_run_id),
+               skipped = x.skipped + missed
+         WHERE x.name = s.name;
+    ELSIF missed > 0 THEN
+        UPDATE werkfluss.schedules x SET skipped = x.skipped + missed WHERE x.name = s.name;
+    END IF;
+    RETURN started;
+END
+$$;
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+CREATE TABLE werkfluss.schedules (
+    name text NOT NULL,
+    workflow text NOT NULL,
+    cron text NOT NULL,
+    timezone text DEFAULT 'UTC'::text NOT NULL,
+    args jsonb DEFAULT '[]'::jsonb NOT NULL,
+    kwargs jsonb DEFAULT '{}'::jsonb NOT NULL,
+    catchup text DEFAULT 'latest'::text NOT NULL,
+    catchup_limit integer DEFAULT 10 NOT NULL,
+    overlap text DEFAULT 'skip'::text NOT NULL,
+    origin text DEFAULT 'api'::text NOT NULL,
+    paused boolean DEFAULT false NOT NULL,
+    since timestamp with time zone DEFAULT now() NOT NULL,
+    next_tick timestamp with time zone,
+    last_tick timestamp with time zone,
+    last_run_id text,
+    skipped bigint DEFAULT 0 NOT NULL,
+    error text,
+    revision bigint DEFAULT 1 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT schedules_catchup_check CHECK ((catchup = ANY (ARRAY['skip'::text, 'latest'::text, 'all'::text]))),
+    CONSTRAINT schedules_catchup_limit_check CHECK (((catchup_limit >= 1) AND (catchup_limit <= 1000))),
+    CONSTRAINT schedules_origin_check CHECK ((origin = ANY (ARRAY['code'::text, 'api'::text]))),
+    CONSTRAINT schedules_overlap_check CHECK ((overlap = ANY (ARRAY['skip'::text, 'allow'::text])))
+);
+
+CREATE FUNCTION werkfluss._lock_schedule(caller text, name text) RETURNS werkfluss.schedules
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    s werkfluss.schedules%ROWTYPE;
+BEGIN
+    PERFORM werkfluss._check_schedule_name(caller, name);
+    SELECT * INTO s FROM werkfluss.schedules x WHERE x.name = _lock_schedule.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'werkfluss.%: no schedule named %', caller, quote_literal(name)
+            USING ERRCODE = 'P0002', HINT = 'list the schedules with `werkfluss schedules`';
+    END IF;
+    RETURN s;
 END
 $$;
 
@@ -163,6 +289,31 @@ BEGIN
 END
 $_$;
 
+CREATE FUNCTION werkfluss._schedule_name_problem(name text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT CASE
+        WHEN name IS NULL THEN 'is NULL'
+        WHEN btrim(name, E' \t\n\r\v\f') = '' THEN 'is empty'
+        WHEN length(name) > 200 THEN format('is %s characters long; the limit is 200', length(name))
+        WHEN strpos(name, ':') > 0 THEN format('%s contains '':''', quote_literal(name))
+        WHEN name ~ '[[:space:][:cntrl:]]' THEN format('%s contains whitespace', quote_literal(name))
+    END
+$$;
+
+CREATE FUNCTION werkfluss._scheduled_at(tick timestamp with time zone, tz text) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT jsonb_build_object(
+        '__werkfluss__', 'datetime',
+        'v', to_char(local, 'YYYY-MM-DD"T"HH24:MI:SS')
+             || CASE WHEN off < interval '0' THEN '-' ELSE '+' END
+             || to_char(CASE WHEN off < interval '0' THEN -off ELSE off END, 'HH24:MI'))
+      FROM (SELECT date_trunc('second', tick) AT TIME ZONE tz AS local,
+                   (date_trunc('second', tick) AT TIME ZONE tz)
+                   - (date_trunc('second', tick) AT TIME ZONE 'UTC') AS off) t
+$$;
+
 CREATE FUNCTION werkfluss._send(token text, payload jsonb) RETURNS text
     LANGUAGE plpgsql
     AS $$
@@ -200,6 +351,42 @@ BEGIN
     VALUES (h.token, coalesce(_send.payload, 'null'::jsonb));
     PERFORM werkfluss._wake(h.run_id);
     RETURN 'delivered';
+END
+$$;
+
+CREATE FUNCTION werkfluss._upsert_schedule(name text, workflow text, cron text, timezone text, args jsonb, kwargs jsonb, catchup text, overlap text, catchup_limit integer, origin text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    changed boolean;
+BEGIN
+    INSERT INTO werkfluss.schedules AS s
+           (name, workflow, cron, timezone, args, kwargs, catchup, overlap, catchup_limit, origin)
+    VALUES (_upsert_schedule.name, _upsert_schedule.workflow, _upsert_schedule.cron,
+            _upsert_schedule.timezone, _upsert_schedule.args, _upsert_schedule.kwargs,
+            _upsert_schedule.catchup, _upsert_schedule.overlap, _upsert_schedule.catchup_limit,
+            _upsert_schedule.origin)
+    ON CONFLICT ON CONSTRAINT schedules_pkey DO UPDATE
+       SET workflow = excluded.workflow, cron = excluded.cron, timezone = excluded.timezone,
+           args = excluded.args, kwargs = excluded.kwargs, catchup = excluded.catchup,
+           overlap = excluded.overlap, catchup_limit = excluded.catchup_limit,
+           origin = excluded.origin,
+           since = CASE WHEN (s.cron, s.timezone) = (excluded.cron, excluded.timezone)
+                        THEN s.since ELSE now() END,
+           next_tick = CASE WHEN (s.cron, s.timezone) = (excluded.cron, excluded.timezone)
+                            THEN s.next_tick END,
+           error = NULL, revision = s.revision + 1, updated_at = now()
+     WHERE (s.workflow, s.cron, s.timezone, s.args, s.kwargs, s.catchup, s.overlap,
+            s.catchup_limit, s.origin, s.error)
+           IS DISTINCT FROM (excluded.workflow, excluded.cron, excluded.timezone, excluded.args,
+                             excluded.kwargs, excluded.catchup, excluded.overlap,
+                             excluded.catchup_limit, excluded.origin, NULL::text)
+    RETURNING true INTO changed;
+    IF coalesce(changed, false) THEN
+        -- Workers serving the workflow look at their schedules again.
+        PERFORM pg_notify('werkfluss_queue', 'schedule:' || _upsert_schedule.workflow);
+    END IF;
+    RETURN coalesce(changed, false);
 END
 $$;
 
@@ -256,6 +443,116 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION werkfluss.create_schedule(name text, workflow text, cron text, timezone text DEFAULT 'UTC'::text, args jsonb DEFAULT '[]'::jsonb, kwargs jsonb DEFAULT '{}'::jsonb, catchup text DEFAULT 'latest'::text, overlap text DEFAULT 'skip'::text, catchup_limit integer DEFAULT 10) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+    fields text[];
+BEGIN
+    PERFORM werkfluss._check_schedule_name('create_schedule', create_schedule.name);
+    IF create_schedule.workflow IS NULL OR btrim(create_schedule.workflow, E' \t\n\r\v\f') = '' THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: the workflow name is %',
+                CASE WHEN create_schedule.workflow IS NULL THEN 'NULL' ELSE 'empty' END
+            USING ERRCODE = '22023', HINT = 'pass the registered name, e.g. ''app.reports.nightly''';
+    END IF;
+    IF length(create_schedule.workflow) > 255 THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: the workflow name is % characters long; the limit is 255',
+                length(create_schedule.workflow)
+            USING ERRCODE = '22023';
+    END IF;
+    fields := regexp_split_to_array(btrim(coalesce(create_schedule.cron, ''), E' \t\n\r\v\f'), '\s+');
+    IF create_schedule.cron IS NULL OR length(create_schedule.cron) > 200
+       OR cardinality(fields) NOT IN (5, 6)
+       OR EXISTS (SELECT 1 FROM unnest(fields) f WHERE f !~ '^[0-9A-Za-z*/,#-]+$') THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: % is not a cron expression',
+                coalesce(quote_literal(create_schedule.cron), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'five fields, minute hour day-of-month month day-of-week, e.g. ''0 2 * * *'' '
+                         '(or six, with seconds first)';
+    END IF;
+    BEGIN
+        PERFORM now() AT TIME ZONE create_schedule.timezone;
+    EXCEPTION WHEN invalid_parameter_value OR null_value_not_allowed THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: unknown time zone %',
+                coalesce(quote_literal(create_schedule.timezone), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'use an IANA name such as ''Europe/Berlin'' or ''UTC'' (see pg_timezone_names)';
+    END;
+    IF create_schedule.timezone IS NULL THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: unknown time zone NULL'
+            USING ERRCODE = '22023', HINT = 'use an IANA name such as ''Europe/Berlin'' or ''UTC''';
+    END IF;
+    IF create_schedule.args IS NULL OR jsonb_typeof(create_schedule.args) <> 'array' THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: args must be a JSON array, got %',
+                coalesce(jsonb_typeof(create_schedule.args), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'the arguments after the scheduled time, e.g. ''["eu"]''::jsonb';
+    END IF;
+    IF create_schedule.kwargs IS NULL OR jsonb_typeof(create_schedule.kwargs) <> 'object' THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: kwargs must be a JSON object, got %',
+                coalesce(jsonb_typeof(create_schedule.kwargs), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF create_schedule.catchup IS NULL OR create_schedule.catchup NOT IN ('skip', 'latest', 'all') THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: catchup must be ''skip'', ''latest'' or ''all'', got %',
+                coalesce(quote_literal(create_schedule.catchup), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF create_schedule.overlap IS NULL OR create_schedule.overlap NOT IN ('skip', 'allow') THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: overlap must be ''skip'' or ''allow'', got %',
+                coalesce(quote_literal(create_schedule.overlap), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF create_schedule.catchup_limit IS NULL OR create_schedule.catchup_limit NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: catchup_limit must be from 1 to 1000, got %',
+                coalesce(create_schedule.catchup_limit::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF create_schedule.catchup = 'all' AND create_schedule.overlap = 'skip' THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: catchup ''all'' needs overlap ''allow'''
+            USING ERRCODE = '22023',
+                  HINT = 'with overlap ''skip'' every missed tick but one would be skipped; '
+                         'use catchup ''latest'' for that';
+    END IF;
+    PERFORM werkfluss._upsert_schedule(
+        create_schedule.name, create_schedule.workflow,
+        array_to_string(fields, ' '), create_schedule.timezone,
+        create_schedule.args, create_schedule.kwargs, create_schedule.catchup,
+        create_schedule.overlap, create_schedule.catchup_limit, 'api');
+    RETURN create_schedule.name;
+END
+$_$;
+
+CREATE FUNCTION werkfluss.delete_schedule(name text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    s werkfluss.schedules%ROWTYPE := werkfluss._lock_schedule('delete_schedule', delete_schedule.name);
+BEGIN
+    DELETE FROM werkfluss.schedules x WHERE x.name = s.name;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION werkfluss.pause_schedule(name text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    s werkfluss.schedules%ROWTYPE := werkfluss._lock_schedule('pause_schedule', pause_schedule.name);
+BEGIN
+    IF s.paused THEN
+        RETURN false;
+    END IF;
+    UPDATE werkfluss.schedules x
+       SET paused = true, revision = x.revision + 1, updated_at = now()
+     WHERE x.name = s.name;
+    RETURN true;
+END
+$$;
+
 CREATE FUNCTION werkfluss.prune_runs(older_than interval, batch_size integer DEFAULT 500, wait boolean DEFAULT true) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -304,6 +601,25 @@ BEGIN
     DELETE FROM werkfluss.workers w
      WHERE w.state IN ('stopped', 'dead') AND coalesce(w.stopped_at, w.heartbeat_at) < now() - older_than;
     RETURN deleted;
+END
+$$;
+
+CREATE FUNCTION werkfluss.resume_schedule(name text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    s werkfluss.schedules%ROWTYPE := werkfluss._lock_schedule('resume_schedule', resume_schedule.name);
+BEGIN
+    IF NOT s.paused THEN
+        RETURN false;
+    END IF;
+    UPDATE werkfluss.schedules x
+       SET paused = false, since = now(), next_tick = NULL, revision = x.revision + 1,
+           updated_at = now()
+     WHERE x.name = s.name;
+    PERFORM pg_notify('werkfluss_queue', 'schedule:' || s.workflow);
+    RETURN true;
 END
 $$;
 
@@ -480,9 +796,24 @@ BEGIN
 END
 $$;
 
-SET default_tablespace = '';
-
-SET default_table_access_method = heap;
+CREATE FUNCTION werkfluss.trigger_schedule(name text) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    s      werkfluss.schedules%ROWTYPE := werkfluss._lock_schedule('trigger_schedule', trigger_schedule.name);
+    run_id text := 'schedule:' || s.name || ':manual:'
+                   || to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+BEGIN
+    PERFORM werkfluss.start_run(
+        name => s.workflow,
+        args => jsonb_build_array(werkfluss._scheduled_at(now(), s.timezone)) || s.args,
+        run_id => run_id,
+        kwargs => s.kwargs);
+    UPDATE werkfluss.schedules x SET last_run_id = run_id, updated_at = now() WHERE x.name = s.name;
+    RETURN run_id;
+END
+$$;
 
 CREATE TABLE werkfluss.events (
     run_id text NOT NULL,
@@ -602,6 +933,9 @@ ALTER TABLE ONLY werkfluss.queue
 ALTER TABLE ONLY werkfluss.runs
     ADD CONSTRAINT runs_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY werkfluss.schedules
+    ADD CONSTRAINT schedules_pkey PRIMARY KEY (name);
+
 ALTER TABLE ONLY werkfluss.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (id);
 
@@ -623,11 +957,21 @@ CREATE INDEX runs_parent_id_idx ON werkfluss.runs USING btree (parent_id) WHERE 
 
 CREATE INDEX runs_undelivered_idx ON werkfluss.runs USING btree (parent_id) WHERE ((parent_id IS NOT NULL) AND (finished_at IS NOT NULL) AND (NOT delivered));
 
+CREATE INDEX schedules_workflow_idx ON werkfluss.schedules USING btree (workflow);
+
 CREATE TRIGGER runs_traceparent BEFORE INSERT ON werkfluss.runs FOR EACH ROW EXECUTE FUNCTION werkfluss._runs_traceparent();
 
 GRANT USAGE ON SCHEMA werkfluss TO werkfluss_client;
 
+REVOKE ALL ON FUNCTION werkfluss._break_schedule(name text, revision bigint, error text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss._cancel_tree(roots text[]) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._check_schedule_name(caller text, name text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_tick timestamp with time zone, skipped integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._lock_schedule(caller text, name text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._reap_workers() FROM PUBLIC;
 
@@ -635,14 +979,28 @@ REVOKE ALL ON FUNCTION werkfluss._run_inputs(run_id text, OUT wakeups integer, O
 
 REVOKE ALL ON FUNCTION werkfluss._runs_traceparent() FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION werkfluss._schedule_name_problem(name text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._scheduled_at(tick timestamp with time zone, tz text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss._send(token text, payload jsonb) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._upsert_schedule(name text, workflow text, cron text, timezone text, args jsonb, kwargs jsonb, catchup text, overlap text, catchup_limit integer, origin text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._wake(run_id text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss.cancel_run(run_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION werkfluss.cancel_run(run_id text) TO werkfluss_client;
 
+REVOKE ALL ON FUNCTION werkfluss.create_schedule(name text, workflow text, cron text, timezone text, args jsonb, kwargs jsonb, catchup text, overlap text, catchup_limit integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss.delete_schedule(name text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss.pause_schedule(name text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss.prune_runs(older_than interval, batch_size integer, wait boolean) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss.resume_schedule(name text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss.retry_run(run_id text) FROM PUBLIC;
 
@@ -654,3 +1012,5 @@ GRANT ALL ON FUNCTION werkfluss.send(token text, payload jsonb) TO werkfluss_cli
 
 REVOKE ALL ON FUNCTION werkfluss.start_run(name text, args jsonb, run_id text, kwargs jsonb, timeout interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION werkfluss.start_run(name text, args jsonb, run_id text, kwargs jsonb, timeout interval) TO werkfluss_client;
+
+REVOKE ALL ON FUNCTION werkfluss.trigger_schedule(name text) FROM PUBLIC;
