@@ -376,7 +376,7 @@ async def flowclaim(dsn: str, blocked: int, claims: int) -> dict[str, Any]:
     from werkfluss import Engine
 
     serving = ["bench.one_step", "bench.blocked"]
-    claim = "SELECT run_id FROM werkfluss._claim(%s::text[], 1, 'bench-claimer')"
+    claim = "SELECT (run).id FROM werkfluss._claim(%s::text[], 1, 'bench-claimer')"
 
     async def latencies(conn: psycopg.AsyncConnection[Any]) -> list[float]:
         await conn.execute("SELECT werkfluss.start_run('bench.one_step') FROM generate_series(1, %s)",

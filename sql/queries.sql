@@ -34,7 +34,13 @@ SELECT coalesce(array_agg(version ORDER BY version), '{}') AS versions
   FROM werkfluss.migrations;
 
 -- name: start_run
--- Start a run through the same SQL function other languages call.
+-- Start a run through the same SQL function other languages call. The
+-- caller's trace context (a W3C traceparent, or NULL) is handed to the new
+-- run through the transaction-local setting werkfluss.traceparent, which a
+-- trigger on werkfluss.runs reads (migration 0012).
+WITH trace AS MATERIALIZED (
+    SELECT set_config('werkfluss.traceparent', coalesce(%(traceparent)s::text, ''), true)
+)
 SELECT werkfluss.start_run(
     %(name)s, %(args)s::jsonb, %(run_id)s, %(kwargs)s::jsonb,
     %(timeout_seconds)s * interval '1 second',
@@ -42,7 +48,8 @@ SELECT werkfluss.start_run(
     priority => %(priority)s::integer, start_at => %(start_at)s::timestamptz,
     delay => %(delay_seconds)s * interval '1 second',
     debounce => %(debounce_seconds)s * interval '1 second', debounce_key => %(debounce_key)s::text
-) AS run_id;
+) AS run_id
+  FROM trace;
 
 -- name: cancel_run
 -- Cancel a run (true), or report that it had already finished (false).
@@ -52,22 +59,25 @@ SELECT werkfluss.cancel_run(%(run_id)s) AS cancelled;
 -- One run, as users see it (blocked: why a pending run has not started).
 SELECT id AS run_id, workflow, status, args, kwargs, result, error, parent_id,
        wake_at, waiting_on, deadline, created_at, started_at, finished_at, updated_at,
-       queue_name, concurrency_key, priority,
-       CASE WHEN status = 'pending' THEN werkfluss._pending_reason(id) END AS blocked
-  FROM werkfluss.runs
- WHERE id = %(run_id)s;
+       queue_name, concurrency_key, priority, p.blocked
+  FROM werkfluss.runs r
+  LEFT JOIN LATERAL (SELECT v.blocked FROM werkfluss.pending_reasons v
+                      WHERE v.run_id = r.id AND r.status = 'pending') p ON true
+ WHERE r.id = %(run_id)s;
 
 -- name: list_runs
 -- The most recent runs, optionally filtered by status and workflow.
 SELECT id AS run_id, workflow, status, args, kwargs, result, error, parent_id,
        wake_at, waiting_on, deadline, created_at, started_at, finished_at, updated_at,
-       queue_name, concurrency_key, priority,
-       CASE WHEN status = 'pending' THEN werkfluss._pending_reason(id) END AS blocked
-  FROM werkfluss.runs
- WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
-   AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s::text)
- ORDER BY created_at DESC, id DESC
- LIMIT %(limit)s;
+       queue_name, concurrency_key, priority, p.blocked
+  FROM (SELECT * FROM werkfluss.runs
+         WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+           AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s::text)
+         ORDER BY created_at DESC, id DESC
+         LIMIT %(limit)s) r
+  LEFT JOIN LATERAL (SELECT v.blocked FROM werkfluss.pending_reasons v
+                      WHERE v.run_id = r.id AND r.status = 'pending') p ON true
+ ORDER BY r.created_at DESC, r.id DESC;
 
 -- name: list_events
 -- A run's log in seq order.
@@ -87,9 +97,15 @@ SELECT seq, kind, name, status, input, output, error, attempts, started_at, fini
 -- Lease up to %(limit)s due runs of the given workflows to this worker, within
 -- the limits of their queues, and mark them running: one statement, one
 -- round trip (werkfluss._claim). A held run's available_at is 'infinity' (the
--- worker's heartbeat keeps it; no renewals); claims counts every claim.
--- Returns what may unblock each run and the server's clock (the worker's one clock).
-SELECT * FROM werkfluss._claim(%(workflows)s::text[], %(limit)s, %(worker_id)s);
+-- worker's heartbeat keeps it; no renewals); claims counts every claim, so a
+-- worker that kept the run in its cache knows whether anyone else ran it
+-- since. Returns what may unblock each run, how long it was due before this
+-- claim (the claim latency) and the server's clock (the worker's one clock).
+SELECT (c.run).id AS run_id, (c.run).workflow, (c.run).args, (c.run).kwargs, (c.run).deadline,
+       (c.run).parent_id, (c.run).started_at, (c.run).traceparent,
+       c.lease_id, c.claims, c.previous_lease_id, c.previous_worker_id, c.waited_s,
+       c.wakeups, c.inbox, c.children, c.db_now, c.has_log
+  FROM werkfluss._claim(%(workflows)s::text[], %(limit)s, %(worker_id)s) AS c;
 
 -- name: read_logs
 -- The logs of runs a worker claimed and has not in its cache.
@@ -264,8 +280,8 @@ WITH batch AS (
     SELECT *
       FROM unnest(%(run_ids)s::text[], %(lease_ids)s::uuid[], %(seqs)s::integer[],
                   %(child_ids)s::text[], %(workflows)s::text[], %(args)s::jsonb[],
-                  %(kwargs)s::jsonb[])
-           AS b(run_id, lease_id, seq, child_id, workflow, args, kwargs)
+                  %(kwargs)s::jsonb[], %(traceparents)s::text[])
+           AS b(run_id, lease_id, seq, child_id, workflow, args, kwargs, traceparent)
 ), fenced AS (
     SELECT b.* FROM batch b
      WHERE EXISTS (SELECT 1 FROM werkfluss.queue q
@@ -273,8 +289,8 @@ WITH batch AS (
                       FOR SHARE)
 ), children AS (
     -- A child run goes to the default queue of its workflow.
-    INSERT INTO werkfluss.runs (id, workflow, args, kwargs, parent_id, queue_name)
-    SELECT f.child_id, f.workflow, f.args, f.kwargs, f.run_id,
+    INSERT INTO werkfluss.runs (id, workflow, args, kwargs, parent_id, traceparent, queue_name)
+    SELECT f.child_id, f.workflow, f.args, f.kwargs, f.run_id, f.traceparent,
            (SELECT wq.queue_name FROM werkfluss.workflow_queues wq
              WHERE wq.workflow = f.workflow AND wq.is_default)
       FROM fenced f
@@ -463,11 +479,18 @@ UPDATE werkfluss.workers SET state = 'stopped', stopped_at = now(), runs_held = 
 SELECT id, host, pid, version, workflows, concurrency, lease_seconds, started_at, heartbeat_at,
        runs_held, state, stopped_at,
        state IN ('running', 'stopping') AND heartbeat_at >= now() - make_interval(secs => lease_seconds)
-           AS alive
+           AS alive,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age
   FROM werkfluss.workers
  WHERE state IN ('running', 'stopping') OR stopped_at > now() - %(recent_seconds)s * interval '1 second'
  ORDER BY heartbeat_at DESC
  LIMIT %(limit)s;
+
+-- name: served_workflows
+-- The workflows that running workers with a fresh heartbeat serve.
+SELECT DISTINCT unnest(workflows) AS workflow
+  FROM werkfluss.workers
+ WHERE state = 'running' AND heartbeat_at >= now() - make_interval(secs => lease_seconds);
 
 -- name: retry_run
 -- Retry a failed or cancelled run (true), or report that it is neither (false).
@@ -479,10 +502,133 @@ SELECT werkfluss.retry_run(%(run_id)s) AS retried;
 SELECT werkfluss.prune_runs(%(older_than_seconds)s * interval '1 second', %(batch_size)s, %(wait)s) AS deleted;
 
 -- name: count_prunable
--- How many finished runs are older than the retention period (prune --dry-run).
+-- How many runs prune_runs would delete now (prune --dry-run): the same
+-- condition, a finished child kept while its unfinished parent has not received it.
 SELECT count(*) AS runs
   FROM werkfluss.runs r
- WHERE r.finished_at IS NOT NULL AND r.finished_at < now() - %(older_than_seconds)s * interval '1 second';
+ WHERE r.finished_at IS NOT NULL AND r.finished_at < now() - %(older_than_seconds)s * interval '1 second'
+   AND r.status IN ('completed', 'failed', 'cancelled')
+   AND (r.parent_id IS NULL OR r.delivered OR NOT EXISTS (
+            SELECT 1 FROM werkfluss.runs p WHERE p.id = r.parent_id AND p.finished_at IS NULL));
+
+-- name: run_lease
+-- Who holds a run (its queue row's lease), and until when that worker's
+-- heartbeat vouches for it, by the server's clock. No row: nobody holds it.
+SELECT q.worker_id, w.host, w.pid, w.state, w.heartbeat_at,
+       w.heartbeat_at + make_interval(secs => w.lease_seconds) AS expires_at,
+       extract(epoch FROM w.heartbeat_at + make_interval(secs => w.lease_seconds) - now())::float8
+           AS seconds_left
+  FROM werkfluss.queue q
+  LEFT JOIN werkfluss.workers w ON w.id = q.worker_id
+ WHERE q.run_id = %(run_id)s AND q.lease_id IS NOT NULL;
+
+-- name: create_schedule
+-- Create or redefine a schedule (engine.schedule); pause state is kept.
+SELECT werkfluss.create_schedule(
+    %(schedule_name)s, %(workflow)s, %(cron)s, %(timezone)s, %(args)s::jsonb, %(kwargs)s::jsonb,
+    %(catchup)s, %(overlap)s, %(catchup_limit)s
+) AS name;
+
+-- name: declare_schedules
+-- A worker starts: the schedules its workflows declare in code are created or
+-- brought up to date (pause state kept), and schedules once declared in code
+-- for the workflows it serves that the code declares no more are deleted.
+WITH declared AS (
+    SELECT *
+      FROM unnest(%(names)s::text[], %(workflows)s::text[], %(crons)s::text[], %(timezones)s::text[],
+                  %(catchups)s::text[], %(overlaps)s::text[], %(catchup_limits)s::integer[])
+           AS d(name, workflow, cron, timezone, catchup, overlap, catchup_limit)
+), upserted AS (
+    SELECT d.name,
+           werkfluss._upsert_schedule(d.name, d.workflow, d.cron, d.timezone, '[]', '{}', d.catchup,
+                                      d.overlap, d.catchup_limit, 'code') AS changed
+      FROM declared d
+), removed AS (
+    DELETE FROM werkfluss.schedules s
+     WHERE s.origin = 'code' AND s.workflow = ANY(%(served)s::text[])
+       AND s.name <> ALL(%(names)s::text[])
+    RETURNING s.name
+)
+SELECT (SELECT coalesce(array_agg(u.name ORDER BY u.name) FILTER (WHERE u.changed), '{}')
+          FROM upserted u) AS changed,
+       (SELECT coalesce(array_agg(x.name ORDER BY x.name), '{}') FROM removed x) AS removed;
+
+-- name: due_schedules
+-- Schedules of these workflows whose next tick has come (or is not computed
+-- yet), with the server's clock: the scheduler's one clock.
+SELECT name, workflow, cron, timezone, catchup, catchup_limit, overlap, since, next_tick, revision,
+       now() AS db_now
+  FROM werkfluss.schedules
+ WHERE workflow = ANY(%(workflows)s::text[]) AND NOT paused AND error IS NULL
+   AND (next_tick IS NULL OR next_tick <= now())
+ ORDER BY next_tick NULLS FIRST, name
+ LIMIT %(limit)s;
+
+-- name: next_schedule_tick
+-- Seconds (by the server's clock) until the next tick of these workflows'
+-- schedules; NULL if none is coming.
+SELECT extract(epoch FROM min(next_tick) - now())::float8 AS seconds
+  FROM werkfluss.schedules
+ WHERE workflow = ANY(%(workflows)s::text[]) AND NOT paused AND error IS NULL;
+
+-- name: fire_schedule
+-- Start the runs of a schedule's ticks and move its next tick on, unless its
+-- revision moved on meanwhile (then run_ids is NULL: another worker did it).
+SELECT werkfluss._fire_schedule(%(schedule_name)s, %(revision)s, %(ticks)s::timestamptz[],
+                                %(next_tick)s, %(skipped)s) AS run_ids;
+
+-- name: break_schedule
+-- Record why a schedule's ticks cannot be computed (it fires nothing until redefined).
+SELECT werkfluss._break_schedule(%(schedule_name)s, %(revision)s, %(error)s) AS broken;
+
+-- name: list_schedules
+-- Every schedule (optionally of one workflow) with the status of its last run.
+SELECT s.name, s.workflow, s.cron, s.timezone, s.args, s.kwargs, s.catchup, s.catchup_limit, s.overlap,
+       s.origin, s.paused, s.since, s.next_tick, s.last_tick, s.last_run_id, s.skipped, s.error,
+       s.created_at, s.updated_at, r.status AS last_run_status, now() AS db_now
+  FROM werkfluss.schedules s
+  LEFT JOIN werkfluss.runs r ON r.id = s.last_run_id
+ WHERE (%(workflow)s::text IS NULL OR s.workflow = %(workflow)s::text)
+ ORDER BY s.name;
+
+-- name: get_schedule
+-- One schedule with the status of its last run.
+SELECT s.name, s.workflow, s.cron, s.timezone, s.args, s.kwargs, s.catchup, s.catchup_limit, s.overlap,
+       s.origin, s.paused, s.since, s.next_tick, s.last_tick, s.last_run_id, s.skipped, s.error,
+       s.created_at, s.updated_at, r.status AS last_run_status, now() AS db_now
+  FROM werkfluss.schedules s
+  LEFT JOIN werkfluss.runs r ON r.id = s.last_run_id
+ WHERE s.name = %(schedule_name)s;
+
+-- name: pause_schedule
+-- Pause a schedule (true), or report that it was paused already (false).
+SELECT werkfluss.pause_schedule(%(schedule_name)s) AS changed;
+
+-- name: resume_schedule
+-- Resume a paused schedule (true), or report that it was not paused (false).
+SELECT werkfluss.resume_schedule(%(schedule_name)s) AS changed;
+
+-- name: trigger_schedule
+-- Start a run of a schedule now; returns its id.
+SELECT werkfluss.trigger_schedule(%(schedule_name)s) AS run_id;
+
+-- name: delete_schedule
+-- Delete a schedule (its runs are kept).
+SELECT werkfluss.delete_schedule(%(schedule_name)s) AS deleted;
+
+-- name: queue_depth
+-- Runs that are due and not claimed, by workflow, and how long the oldest of
+-- them has been due (the metrics sampler runs it every few seconds).
+SELECT workflow, count(*) AS due,
+       extract(epoch FROM now() - min(available_at))::float8 AS oldest_due_s
+  FROM werkfluss.queue
+ WHERE available_at <= now()
+ GROUP BY workflow;
+
+-- name: backend_pid
+-- The server process that runs this connection's queries: a pooler in between
+-- shows as a pid other than the one the connection was told at start-up.
+SELECT pg_backend_pid() AS pid;
 
 -- name: declare_queue
 -- Create a queue or change its limits: 'created', 'changed' or 'unchanged'.

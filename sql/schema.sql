@@ -15,6 +15,15 @@ SET row_security = off;
 
 CREATE SCHEMA werkfluss;
 
+CREATE FUNCTION werkfluss._break_schedule(name text, revision bigint, error text) RETURNS boolean
+    LANGUAGE sql
+    AS $$
+    UPDATE werkfluss.schedules x
+       SET error = _break_schedule.error, revision = x.revision + 1, updated_at = now()
+     WHERE x.name = _break_schedule.name AND x.revision = _break_schedule.revision
+    RETURNING true
+$$;
+
 CREATE FUNCTION werkfluss._bucket(name text, capacity integer, period double precision) RETURNS double precision
     LANGUAGE plpgsql
     AS $$
@@ -90,7 +99,51 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION werkfluss._claim(workflows text[], lim integer, worker text) RETURNS TABLE(run_id text, workflow text, args jsonb, kwargs jsonb, deadline timestamp with time zone, parent_id text, started_at timestamp with time zone, lease_id uuid, claims integer, previous_lease_id uuid, previous_worker_id text, wakeups integer, inbox jsonb, children jsonb, db_now timestamp with time zone, has_log boolean)
+CREATE FUNCTION werkfluss._check_schedule_name(caller text, name text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+DECLARE
+    problem text := werkfluss._schedule_name_problem(name);
+BEGIN
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'werkfluss.%: the schedule name %', caller, problem
+            USING ERRCODE = '22023',
+                  HINT = 'schedule names are up to 200 characters without '':'' or whitespace, '
+                         'e.g. ''nightly-report''';
+    END IF;
+END
+$$;
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+CREATE TABLE werkfluss.runs (
+    id text NOT NULL,
+    workflow text NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    args jsonb DEFAULT '[]'::jsonb NOT NULL,
+    kwargs jsonb DEFAULT '{}'::jsonb NOT NULL,
+    result jsonb,
+    error jsonb,
+    parent_id text,
+    wake_at timestamp with time zone,
+    waiting_on text,
+    deadline timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    delivered boolean DEFAULT false NOT NULL,
+    queue_name text,
+    concurrency_key text,
+    priority integer DEFAULT 0 NOT NULL,
+    traceparent text,
+    CONSTRAINT runs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'sleeping'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
+)
+WITH (fillfactor='80');
+
+CREATE FUNCTION werkfluss._claim(workflows text[], lim integer, worker text) RETURNS TABLE(run werkfluss.runs, lease_id uuid, claims integer, previous_lease_id uuid, previous_worker_id text, waited_s double precision, wakeups integer, inbox jsonb, children jsonb, db_now timestamp with time zone, has_log boolean)
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_column
@@ -98,9 +151,11 @@ DECLARE
     ids       text[] := '{}';
     prev_ids  uuid[] := '{}';
     prev_wks  text[] := '{}';
+    dues      timestamptz[] := '{}';
     more_ids  text[];
     more_prev uuid[];
     more_wks  text[];
+    more_dues timestamptz[];
     taken     integer := 0;
     names     text[];
     i         integer;
@@ -174,7 +229,8 @@ BEGIN
         EXIT WHEN taken >= lim;
         IF names[i] = '' THEN
             WITH picked AS (
-                SELECT y.run_id, y.lease_id AS previous_lease_id, y.worker_id AS previous_worker_id
+                SELECT y.run_id, y.lease_id AS previous_lease_id, y.worker_id AS previous_worker_id,
+                       y.available_at AS due_at
                   FROM werkfluss.queue y
                  WHERE y.queue_name IS NULL AND y.ready AND NOT y.parked AND y.available_at <= now()
                    AND y.workflow = ANY(workflows)
@@ -187,15 +243,16 @@ BEGIN
                        ready = false, claims = x.claims + 1, debounce_key = NULL
                   FROM picked p
                  WHERE x.run_id = p.run_id
-                RETURNING x.run_id, p.previous_lease_id, p.previous_worker_id
+                RETURNING x.run_id, p.previous_lease_id, p.previous_worker_id, p.due_at
             )
             SELECT coalesce(array_agg(l.run_id), '{}'), coalesce(array_agg(l.previous_lease_id), '{}'),
-                   coalesce(array_agg(l.previous_worker_id), '{}')
-              INTO more_ids, more_prev, more_wks
+                   coalesce(array_agg(l.previous_worker_id), '{}'), coalesce(array_agg(l.due_at), '{}')
+              INTO more_ids, more_prev, more_wks, more_dues
               FROM leased l;
             ids := ids || more_ids;
             prev_ids := prev_ids || more_prev;
             prev_wks := prev_wks || more_wks;
+            dues := dues || more_dues;
             taken := taken + cardinality(more_ids);
             CONTINUE;
         END IF;
@@ -223,7 +280,7 @@ BEGIN
         qtaken := 0;
         fresh := 0;
         FOR c IN
-            SELECT y.run_id, y.concurrency_key, y.claims, y.lease_id, y.worker_id
+            SELECT y.run_id, y.concurrency_key, y.claims, y.lease_id, y.worker_id, y.available_at
               FROM werkfluss.queue y
              WHERE y.queue_name = k.name AND y.ready AND NOT y.parked AND y.available_at <= now()
                AND y.workflow = ANY(workflows)
@@ -261,6 +318,7 @@ BEGIN
             ids := ids || got;
             prev_ids := prev_ids || c.lease_id;
             prev_wks := prev_wks || c.worker_id;
+            dues := dues || c.available_at;
             taken := taken + 1;
             qtaken := qtaken + 1;
             IF c.claims = 0 THEN
@@ -283,12 +341,13 @@ BEGIN
     -- anyone else ran it since. The wake-up count comes from the same
     -- snapshot as the inputs: an event newer than what is read here shows as
     -- a higher count later (see suspend_runs).
+    -- The run's whole row: columns later migrations add come with it.
     RETURN QUERY
-    SELECT r.id, r.workflow, r.args, r.kwargs, r.deadline, r.parent_id, r.started_at,
-           q.lease_id, q.claims, p.previous_lease_id, p.previous_worker_id,
+    SELECT r, q.lease_id, q.claims, p.previous_lease_id, p.previous_worker_id,
+           greatest(extract(epoch FROM now() - p.due_at), 0)::double precision,
            inputs.wakeups, inputs.inbox, inputs.children, clock_timestamp(),
            EXISTS (SELECT 1 FROM werkfluss.events e WHERE e.run_id = r.id)
-      FROM unnest(ids, prev_ids, prev_wks) AS p(run_id, previous_lease_id, previous_worker_id)
+      FROM unnest(ids, prev_ids, prev_wks, dues) AS p(run_id, previous_lease_id, previous_worker_id, due_at)
       JOIN werkfluss.runs r ON r.id = p.run_id
       JOIN werkfluss.queue q ON q.run_id = p.run_id
      CROSS JOIN LATERAL werkfluss._run_inputs(p.run_id) AS inputs;
@@ -320,6 +379,61 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION werkfluss._fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_tick timestamp with time zone, skipped integer) RETURNS text[]
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    s        werkfluss.schedules%ROWTYPE;
+    busy     boolean := false;
+    started  text[] := '{}';
+    missed   integer := coalesce(_fire_schedule.skipped, 0);
+    tick     timestamptz;
+    id       text;
+BEGIN
+    UPDATE werkfluss.schedules x
+       SET next_tick = _fire_schedule.next_tick, revision = x.revision + 1, updated_at = now()
+     WHERE x.name = _fire_schedule.name AND x.revision = _fire_schedule.revision AND NOT x.paused
+    RETURNING x.* INTO s;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF cardinality(ticks) > 0 THEN
+        IF s.overlap = 'skip' AND s.last_run_id IS NOT NULL THEN
+            SELECT r.status NOT IN ('completed', 'failed', 'cancelled') INTO busy
+              FROM werkfluss.runs r WHERE r.id = s.last_run_id;
+            busy := coalesce(busy, false);
+        END IF;
+        FOREACH tick IN ARRAY ticks LOOP
+            IF busy THEN
+                missed := missed + 1;
+                CONTINUE;
+            END IF;
+            id := 'schedule:' || s.name || ':' || to_char(tick AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
+            BEGIN
+                PERFORM werkfluss.start_run(
+                    name => s.workflow,
+                    args => jsonb_build_array(werkfluss._scheduled_at(tick, s.timezone)) || s.args,
+                    run_id => id,
+                    kwargs => s.kwargs);
+            EXCEPTION WHEN unique_violation THEN
+                missed := missed + 1;  -- the id belongs to a run of another workflow
+                CONTINUE;
+            END;
+            started := started || id;
+            busy := s.overlap = 'skip';
+        END LOOP;
+        UPDATE werkfluss.schedules x
+           SET last_tick = ticks[cardinality(ticks)],
+               last_run_id = coalesce(started[cardinality(started)], x.last_run_id),
+               skipped = x.skipped + missed
+         WHERE x.name = s.name;
+    ELSIF missed > 0 THEN
+        UPDATE werkfluss.schedules x SET skipped = x.skipped + missed WHERE x.name = s.name;
+    END IF;
+    RETURN started;
+END
+$$;
+
 CREATE FUNCTION werkfluss._lock_flow_keys(run_ids text[]) RETURNS integer
     LANGUAGE plpgsql
     AS $$
@@ -341,84 +455,46 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION werkfluss._pending_reason(run_id text) RETURNS jsonb
-    LANGUAGE plpgsql STABLE
+CREATE TABLE werkfluss.schedules (
+    name text NOT NULL,
+    workflow text NOT NULL,
+    cron text NOT NULL,
+    timezone text DEFAULT 'UTC'::text NOT NULL,
+    args jsonb DEFAULT '[]'::jsonb NOT NULL,
+    kwargs jsonb DEFAULT '{}'::jsonb NOT NULL,
+    catchup text DEFAULT 'latest'::text NOT NULL,
+    catchup_limit integer DEFAULT 10 NOT NULL,
+    overlap text DEFAULT 'skip'::text NOT NULL,
+    origin text DEFAULT 'api'::text NOT NULL,
+    paused boolean DEFAULT false NOT NULL,
+    since timestamp with time zone DEFAULT now() NOT NULL,
+    next_tick timestamp with time zone,
+    last_tick timestamp with time zone,
+    last_run_id text,
+    skipped bigint DEFAULT 0 NOT NULL,
+    error text,
+    revision bigint DEFAULT 1 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT schedules_catchup_check CHECK ((catchup = ANY (ARRAY['skip'::text, 'latest'::text, 'all'::text]))),
+    CONSTRAINT schedules_catchup_limit_check CHECK (((catchup_limit >= 1) AND (catchup_limit <= 1000))),
+    CONSTRAINT schedules_origin_check CHECK ((origin = ANY (ARRAY['code'::text, 'api'::text]))),
+    CONSTRAINT schedules_overlap_check CHECK ((overlap = ANY (ARRAY['skip'::text, 'allow'::text])))
+);
+
+CREATE FUNCTION werkfluss._lock_schedule(caller text, name text) RETURNS werkfluss.schedules
+    LANGUAGE plpgsql
     AS $$
-#variable_conflict use_column
 DECLARE
-    y      werkfluss.queue%ROWTYPE;
-    k      werkfluss.queues%ROWTYPE;
-    status text;
-    held   integer;
-    b      werkfluss.rate_limits%ROWTYPE;
-    tokens double precision;
+    s werkfluss.schedules%ROWTYPE;
 BEGIN
-    SELECT * INTO y FROM werkfluss.queue q WHERE q.run_id = _pending_reason.run_id;
-    IF NOT FOUND OR y.lease_id IS NOT NULL THEN
-        RETURN NULL;
+    PERFORM werkfluss._check_schedule_name(caller, name);
+    SELECT * INTO s FROM werkfluss.schedules x WHERE x.name = _lock_schedule.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'werkfluss.%: no schedule named %', caller, quote_literal(name)
+            USING ERRCODE = 'P0002', HINT = 'list the schedules with `werkfluss schedules`';
     END IF;
-    SELECT r.status INTO status FROM werkfluss.runs r WHERE r.id = _pending_reason.run_id;
-    IF status IS DISTINCT FROM 'pending' THEN
-        RETURN NULL;
-    END IF;
-    IF y.available_at > now() AND isfinite(y.available_at) THEN
-        RETURN jsonb_build_object('kind', 'scheduled', 'at', y.available_at);
-    END IF;
-    IF y.queue_name IS NOT NULL THEN
-        SELECT * INTO k FROM werkfluss.queues q WHERE q.name = y.queue_name;
-        IF k.per_key IS NOT NULL AND y.concurrency_key IS NOT NULL THEN
-            SELECT count(*) INTO held FROM werkfluss.queue x
-             WHERE x.queue_name = y.queue_name AND x.concurrency_key = y.concurrency_key
-               AND x.lease_id IS NOT NULL;
-            IF y.parked OR held >= k.per_key THEN
-                RETURN jsonb_build_object('kind', 'key', 'queue', k.name, 'key', y.concurrency_key,
-                                          'held', held, 'limit', k.per_key);
-            END IF;
-        END IF;
-        IF k.concurrency IS NOT NULL THEN
-            SELECT count(*) INTO held FROM werkfluss.queue x
-             WHERE x.queue_name = y.queue_name AND x.lease_id IS NOT NULL;
-            IF held >= k.concurrency THEN
-                RETURN jsonb_build_object('kind', 'queue', 'queue', k.name, 'held', held,
-                                          'limit', k.concurrency);
-            END IF;
-        END IF;
-        IF k.rate_limit IS NOT NULL AND y.claims = 0 THEN
-            SELECT * INTO b FROM werkfluss.rate_limits x WHERE x.name = 'queue:' || k.name;
-            IF FOUND THEN
-                tokens := least(b.capacity::double precision,
-                                b.tokens + greatest(0, extract(epoch FROM now() - b.refreshed_at))
-                                           * b.capacity / b.period);
-                IF tokens < 1 THEN
-                    RETURN jsonb_build_object('kind', 'rate', 'name', 'queue ' || k.name,
-                        'until', now() + make_interval(secs => (1 - tokens) * b.period / b.capacity));
-                END IF;
-            END IF;
-        END IF;
-        IF k.worker_concurrency IS NOT NULL AND EXISTS (
-            SELECT 1 FROM werkfluss.workers w
-             WHERE w.state = 'running' AND y.workflow = ANY(w.workflows)
-               AND w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds)
-        ) AND NOT EXISTS (
-            SELECT 1 FROM werkfluss.workers w
-             WHERE w.state = 'running' AND y.workflow = ANY(w.workflows)
-               AND w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds)
-               AND (SELECT count(*) FROM werkfluss.queue x
-                     WHERE x.worker_id = w.id AND x.lease_id IS NOT NULL
-                       AND x.queue_name = y.queue_name) < k.worker_concurrency
-        ) THEN
-            RETURN jsonb_build_object('kind', 'worker_limit', 'queue', k.name,
-                                      'limit', k.worker_concurrency);
-        END IF;
-    END IF;
-    IF NOT EXISTS (
-        SELECT 1 FROM werkfluss.workers w
-         WHERE w.state = 'running' AND y.workflow = ANY(w.workflows)
-           AND w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds)
-    ) THEN
-        RETURN jsonb_build_object('kind', 'no_worker', 'workflow', y.workflow);
-    END IF;
-    RETURN NULL;
+    RETURN s;
 END
 $$;
 
@@ -552,6 +628,55 @@ CREATE FUNCTION werkfluss._run_inputs(run_id text, OUT wakeups integer, OUT inbo
              WHERE c.parent_id = _run_inputs.run_id AND c.finished_at IS NOT NULL AND NOT c.delivered)
 $$;
 
+CREATE FUNCTION werkfluss._runs_traceparent() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+BEGIN
+    IF NEW.traceparent IS NULL THEN
+        NEW.traceparent := nullif(current_setting('werkfluss.traceparent', true), '');
+    END IF;
+    IF NEW.traceparent IS NOT NULL AND (
+           NEW.traceparent !~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+           OR left(NEW.traceparent, 2) = 'ff'
+           OR substr(NEW.traceparent, 4, 32) = repeat('0', 32)
+           OR substr(NEW.traceparent, 37, 16) = repeat('0', 16)) THEN
+        RAISE EXCEPTION 'werkfluss.start_run: werkfluss.traceparent must be a W3C traceparent, got %',
+                quote_literal(left(NEW.traceparent, 100))
+            USING ERRCODE = '22023',
+                  HINT = 'version-traceid-spanid-flags in lowercase hex, e.g. '
+                         '''00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01''; '
+                         'or leave the setting empty';
+    END IF;
+    RETURN NEW;
+END
+$_$;
+
+CREATE FUNCTION werkfluss._schedule_name_problem(name text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT CASE
+        WHEN name IS NULL THEN 'is NULL'
+        WHEN btrim(name, E' \t\n\r\v\f') = '' THEN 'is empty'
+        WHEN length(name) > 200 THEN format('is %s characters long; the limit is 200', length(name))
+        WHEN strpos(name, ':') > 0 THEN format('%s contains '':''', quote_literal(name))
+        WHEN name ~ '[[:space:][:cntrl:]]' THEN format('%s contains whitespace', quote_literal(name))
+    END
+$$;
+
+CREATE FUNCTION werkfluss._scheduled_at(tick timestamp with time zone, tz text) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT jsonb_build_object(
+        '__werkfluss__', 'datetime',
+        'v', to_char(local, 'YYYY-MM-DD"T"HH24:MI:SS')
+             || CASE WHEN off < interval '0' THEN '-' ELSE '+' END
+             || to_char(CASE WHEN off < interval '0' THEN -off ELSE off END, 'HH24:MI'))
+      FROM (SELECT date_trunc('second', tick) AT TIME ZONE tz AS local,
+                   (date_trunc('second', tick) AT TIME ZONE tz)
+                   - (date_trunc('second', tick) AT TIME ZONE 'UTC') AS off) t
+$$;
+
 CREATE FUNCTION werkfluss._send(token text, payload jsonb) RETURNS text
     LANGUAGE plpgsql
     AS $$
@@ -621,6 +746,42 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION werkfluss._upsert_schedule(name text, workflow text, cron text, timezone text, args jsonb, kwargs jsonb, catchup text, overlap text, catchup_limit integer, origin text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    changed boolean;
+BEGIN
+    INSERT INTO werkfluss.schedules AS s
+           (name, workflow, cron, timezone, args, kwargs, catchup, overlap, catchup_limit, origin)
+    VALUES (_upsert_schedule.name, _upsert_schedule.workflow, _upsert_schedule.cron,
+            _upsert_schedule.timezone, _upsert_schedule.args, _upsert_schedule.kwargs,
+            _upsert_schedule.catchup, _upsert_schedule.overlap, _upsert_schedule.catchup_limit,
+            _upsert_schedule.origin)
+    ON CONFLICT ON CONSTRAINT schedules_pkey DO UPDATE
+       SET workflow = excluded.workflow, cron = excluded.cron, timezone = excluded.timezone,
+           args = excluded.args, kwargs = excluded.kwargs, catchup = excluded.catchup,
+           overlap = excluded.overlap, catchup_limit = excluded.catchup_limit,
+           origin = excluded.origin,
+           since = CASE WHEN (s.cron, s.timezone) = (excluded.cron, excluded.timezone)
+                        THEN s.since ELSE now() END,
+           next_tick = CASE WHEN (s.cron, s.timezone) = (excluded.cron, excluded.timezone)
+                            THEN s.next_tick END,
+           error = NULL, revision = s.revision + 1, updated_at = now()
+     WHERE (s.workflow, s.cron, s.timezone, s.args, s.kwargs, s.catchup, s.overlap,
+            s.catchup_limit, s.origin, s.error)
+           IS DISTINCT FROM (excluded.workflow, excluded.cron, excluded.timezone, excluded.args,
+                             excluded.kwargs, excluded.catchup, excluded.overlap,
+                             excluded.catchup_limit, excluded.origin, NULL::text)
+    RETURNING true INTO changed;
+    IF coalesce(changed, false) THEN
+        -- Workers serving the workflow look at their schedules again.
+        PERFORM pg_notify('werkfluss_queue', 'schedule:' || _upsert_schedule.workflow);
+    END IF;
+    RETURN coalesce(changed, false);
+END
+$$;
+
 CREATE FUNCTION werkfluss._wake(run_id text) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -674,6 +835,87 @@ BEGIN
     RETURN true;
 END
 $$;
+
+CREATE FUNCTION werkfluss.create_schedule(name text, workflow text, cron text, timezone text DEFAULT 'UTC'::text, args jsonb DEFAULT '[]'::jsonb, kwargs jsonb DEFAULT '{}'::jsonb, catchup text DEFAULT 'latest'::text, overlap text DEFAULT 'skip'::text, catchup_limit integer DEFAULT 10) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+    fields text[];
+BEGIN
+    PERFORM werkfluss._check_schedule_name('create_schedule', create_schedule.name);
+    IF create_schedule.workflow IS NULL OR btrim(create_schedule.workflow, E' \t\n\r\v\f') = '' THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: the workflow name is %',
+                CASE WHEN create_schedule.workflow IS NULL THEN 'NULL' ELSE 'empty' END
+            USING ERRCODE = '22023', HINT = 'pass the registered name, e.g. ''app.reports.nightly''';
+    END IF;
+    IF length(create_schedule.workflow) > 255 THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: the workflow name is % characters long; the limit is 255',
+                length(create_schedule.workflow)
+            USING ERRCODE = '22023';
+    END IF;
+    fields := regexp_split_to_array(btrim(coalesce(create_schedule.cron, ''), E' \t\n\r\v\f'), '\s+');
+    IF create_schedule.cron IS NULL OR length(create_schedule.cron) > 200
+       OR cardinality(fields) NOT IN (5, 6)
+       OR EXISTS (SELECT 1 FROM unnest(fields) f WHERE f !~ '^[0-9A-Za-z*/,#-]+$') THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: % is not a cron expression',
+                coalesce(quote_literal(create_schedule.cron), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'five fields, minute hour day-of-month month day-of-week, e.g. ''0 2 * * *'' '
+                         '(or six, with seconds first)';
+    END IF;
+    BEGIN
+        PERFORM now() AT TIME ZONE create_schedule.timezone;
+    EXCEPTION WHEN invalid_parameter_value OR null_value_not_allowed THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: unknown time zone %',
+                coalesce(quote_literal(create_schedule.timezone), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'use an IANA name such as ''Europe/Berlin'' or ''UTC'' (see pg_timezone_names)';
+    END;
+    IF create_schedule.timezone IS NULL THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: unknown time zone NULL'
+            USING ERRCODE = '22023', HINT = 'use an IANA name such as ''Europe/Berlin'' or ''UTC''';
+    END IF;
+    IF create_schedule.args IS NULL OR jsonb_typeof(create_schedule.args) <> 'array' THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: args must be a JSON array, got %',
+                coalesce(jsonb_typeof(create_schedule.args), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'the arguments after the scheduled time, e.g. ''["eu"]''::jsonb';
+    END IF;
+    IF create_schedule.kwargs IS NULL OR jsonb_typeof(create_schedule.kwargs) <> 'object' THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: kwargs must be a JSON object, got %',
+                coalesce(jsonb_typeof(create_schedule.kwargs), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF create_schedule.catchup IS NULL OR create_schedule.catchup NOT IN ('skip', 'latest', 'all') THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: catchup must be ''skip'', ''latest'' or ''all'', got %',
+                coalesce(quote_literal(create_schedule.catchup), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF create_schedule.overlap IS NULL OR create_schedule.overlap NOT IN ('skip', 'allow') THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: overlap must be ''skip'' or ''allow'', got %',
+                coalesce(quote_literal(create_schedule.overlap), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF create_schedule.catchup_limit IS NULL OR create_schedule.catchup_limit NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: catchup_limit must be from 1 to 1000, got %',
+                coalesce(create_schedule.catchup_limit::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF create_schedule.catchup = 'all' AND create_schedule.overlap = 'skip' THEN
+        RAISE EXCEPTION 'werkfluss.create_schedule: catchup ''all'' needs overlap ''allow'''
+            USING ERRCODE = '22023',
+                  HINT = 'with overlap ''skip'' every missed tick but one would be skipped; '
+                         'use catchup ''latest'' for that';
+    END IF;
+    PERFORM werkfluss._upsert_schedule(
+        create_schedule.name, create_schedule.workflow,
+        array_to_string(fields, ' '), create_schedule.timezone,
+        create_schedule.args, create_schedule.kwargs, create_schedule.catchup,
+        create_schedule.overlap, create_schedule.catchup_limit, 'api');
+    RETURN create_schedule.name;
+END
+$_$;
 
 CREATE FUNCTION werkfluss.declare_queue(name text, concurrency integer DEFAULT NULL::integer, per_key integer DEFAULT NULL::integer, worker_concurrency integer DEFAULT NULL::integer, rate_limit integer DEFAULT NULL::integer, rate_period interval DEFAULT NULL::interval, priority_aging interval DEFAULT '00:01:00'::interval) RETURNS text
     LANGUAGE plpgsql
@@ -755,6 +997,35 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION werkfluss.delete_schedule(name text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    s werkfluss.schedules%ROWTYPE := werkfluss._lock_schedule('delete_schedule', delete_schedule.name);
+BEGIN
+    DELETE FROM werkfluss.schedules x WHERE x.name = s.name;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION werkfluss.pause_schedule(name text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    s werkfluss.schedules%ROWTYPE := werkfluss._lock_schedule('pause_schedule', pause_schedule.name);
+BEGIN
+    IF s.paused THEN
+        RETURN false;
+    END IF;
+    UPDATE werkfluss.schedules x
+       SET paused = true, revision = x.revision + 1, updated_at = now()
+     WHERE x.name = s.name;
+    RETURN true;
+END
+$$;
+
 CREATE FUNCTION werkfluss.prune_runs(older_than interval, batch_size integer DEFAULT 500, wait boolean DEFAULT true) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -803,6 +1074,25 @@ BEGIN
     DELETE FROM werkfluss.workers w
      WHERE w.state IN ('stopped', 'dead') AND coalesce(w.stopped_at, w.heartbeat_at) < now() - older_than;
     RETURN deleted;
+END
+$$;
+
+CREATE FUNCTION werkfluss.resume_schedule(name text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    s werkfluss.schedules%ROWTYPE := werkfluss._lock_schedule('resume_schedule', resume_schedule.name);
+BEGIN
+    IF NOT s.paused THEN
+        RETURN false;
+    END IF;
+    UPDATE werkfluss.schedules x
+       SET paused = false, since = now(), next_tick = NULL, revision = x.revision + 1,
+           updated_at = now()
+     WHERE x.name = s.name;
+    PERFORM pg_notify('werkfluss_queue', 'schedule:' || s.workflow);
+    RETURN true;
 END
 $$;
 
@@ -1104,9 +1394,24 @@ BEGIN
 END
 $$;
 
-SET default_tablespace = '';
-
-SET default_table_access_method = heap;
+CREATE FUNCTION werkfluss.trigger_schedule(name text) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    s      werkfluss.schedules%ROWTYPE := werkfluss._lock_schedule('trigger_schedule', trigger_schedule.name);
+    run_id text := 'schedule:' || s.name || ':manual:'
+                   || to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+BEGIN
+    PERFORM werkfluss.start_run(
+        name => s.workflow,
+        args => jsonb_build_array(werkfluss._scheduled_at(now(), s.timezone)) || s.args,
+        run_id => run_id,
+        kwargs => s.kwargs);
+    UPDATE werkfluss.schedules x SET last_run_id = run_id, updated_at = now() WHERE x.name = s.name;
+    RETURN run_id;
+END
+$$;
 
 CREATE TABLE werkfluss.events (
     run_id text NOT NULL,
@@ -1202,30 +1507,6 @@ CREATE TABLE werkfluss.rate_limits (
 )
 WITH (fillfactor='50');
 
-CREATE TABLE werkfluss.runs (
-    id text NOT NULL,
-    workflow text NOT NULL,
-    status text DEFAULT 'pending'::text NOT NULL,
-    args jsonb DEFAULT '[]'::jsonb NOT NULL,
-    kwargs jsonb DEFAULT '{}'::jsonb NOT NULL,
-    result jsonb,
-    error jsonb,
-    parent_id text,
-    wake_at timestamp with time zone,
-    waiting_on text,
-    deadline timestamp with time zone,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    started_at timestamp with time zone,
-    finished_at timestamp with time zone,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    delivered boolean DEFAULT false NOT NULL,
-    queue_name text,
-    concurrency_key text,
-    priority integer DEFAULT 0 NOT NULL,
-    CONSTRAINT runs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'sleeping'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
-)
-WITH (fillfactor='80');
-
 CREATE TABLE werkfluss.workers (
     id text NOT NULL,
     host text NOT NULL,
@@ -1244,6 +1525,37 @@ CREATE TABLE werkfluss.workers (
     CONSTRAINT workers_state_check CHECK ((state = ANY (ARRAY['running'::text, 'stopping'::text, 'stopped'::text, 'dead'::text])))
 )
 WITH (fillfactor='50');
+
+CREATE VIEW werkfluss.pending_reasons AS
+ SELECT q.run_id,
+        CASE
+            WHEN ((q.available_at > now()) AND (q.available_at < 'infinity'::timestamp with time zone)) THEN jsonb_build_object('kind', 'scheduled', 'at', q.available_at)
+            WHEN ((k.per_key IS NOT NULL) AND (q.concurrency_key IS NOT NULL) AND (q.parked OR (( SELECT count(*) AS count
+               FROM werkfluss.queue x
+              WHERE ((x.queue_name = q.queue_name) AND (x.concurrency_key = q.concurrency_key) AND (x.lease_id IS NOT NULL))) >= k.per_key))) THEN jsonb_build_object('kind', 'key', 'queue', k.name, 'key', q.concurrency_key, 'limit', k.per_key, 'held', ( SELECT count(*) AS count
+               FROM werkfluss.queue x
+              WHERE ((x.queue_name = q.queue_name) AND (x.concurrency_key = q.concurrency_key) AND (x.lease_id IS NOT NULL))))
+            WHEN ((k.concurrency IS NOT NULL) AND (( SELECT count(*) AS count
+               FROM werkfluss.queue x
+              WHERE ((x.queue_name = q.queue_name) AND (x.lease_id IS NOT NULL))) >= k.concurrency)) THEN jsonb_build_object('kind', 'queue', 'queue', k.name, 'limit', k.concurrency, 'held', ( SELECT count(*) AS count
+               FROM werkfluss.queue x
+              WHERE ((x.queue_name = q.queue_name) AND (x.lease_id IS NOT NULL))))
+            WHEN ((k.rate_limit IS NOT NULL) AND (q.claims = 0) AND (t.tokens < (1)::double precision)) THEN jsonb_build_object('kind', 'rate', 'name', ('queue '::text || k.name), 'until', (now() + make_interval(secs => ((((1)::double precision - t.tokens) * b.period) / (b.capacity)::double precision))))
+            WHEN ((k.worker_concurrency IS NOT NULL) AND (EXISTS ( SELECT 1
+               FROM werkfluss.workers w
+              WHERE ((w.state = 'running'::text) AND (q.workflow = ANY (w.workflows)) AND (w.heartbeat_at >= (now() - make_interval(secs => w.lease_seconds)))))) AND (NOT (EXISTS ( SELECT 1
+               FROM werkfluss.workers w
+              WHERE ((w.state = 'running'::text) AND (q.workflow = ANY (w.workflows)) AND (w.heartbeat_at >= (now() - make_interval(secs => w.lease_seconds))) AND (( SELECT count(*) AS count
+                       FROM werkfluss.queue x
+                      WHERE ((x.worker_id = w.id) AND (x.lease_id IS NOT NULL) AND (x.queue_name = q.queue_name))) < k.worker_concurrency)))))) THEN jsonb_build_object('kind', 'worker_limit', 'queue', k.name, 'limit', k.worker_concurrency)
+            ELSE NULL::jsonb
+        END AS blocked
+   FROM ((((werkfluss.queue q
+     JOIN werkfluss.runs r ON (((r.id = q.run_id) AND (r.status = 'pending'::text))))
+     LEFT JOIN werkfluss.queues k ON ((k.name = q.queue_name)))
+     LEFT JOIN werkfluss.rate_limits b ON ((b.name = ('queue:'::text || q.queue_name))))
+     LEFT JOIN LATERAL ( SELECT LEAST((b.capacity)::double precision, (b.tokens + (((GREATEST((0)::numeric, EXTRACT(epoch FROM (now() - b.refreshed_at))) * (b.capacity)::numeric))::double precision / b.period))) AS tokens) t ON ((b.name IS NOT NULL)))
+  WHERE (q.lease_id IS NULL);
 
 CREATE TABLE werkfluss.workflow_queues (
     workflow text NOT NULL,
@@ -1276,6 +1588,9 @@ ALTER TABLE ONLY werkfluss.rate_limits
 
 ALTER TABLE ONLY werkfluss.runs
     ADD CONSTRAINT runs_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY werkfluss.schedules
+    ADD CONSTRAINT schedules_pkey PRIMARY KEY (name);
 
 ALTER TABLE ONLY werkfluss.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (id);
@@ -1313,25 +1628,35 @@ CREATE INDEX runs_parent_id_idx ON werkfluss.runs USING btree (parent_id) WHERE 
 
 CREATE INDEX runs_undelivered_idx ON werkfluss.runs USING btree (parent_id) WHERE ((parent_id IS NOT NULL) AND (finished_at IS NOT NULL) AND (NOT delivered));
 
+CREATE INDEX schedules_workflow_idx ON werkfluss.schedules USING btree (workflow);
+
 CREATE UNIQUE INDEX workflow_queues_default_idx ON werkfluss.workflow_queues USING btree (workflow) WHERE is_default;
 
 CREATE TRIGGER queue_released AFTER UPDATE OF lease_id ON werkfluss.queue FOR EACH ROW WHEN (((old.queue_name IS NOT NULL) AND (old.lease_id IS NOT NULL) AND (new.lease_id IS NULL))) EXECUTE FUNCTION werkfluss._queue_slot_freed();
 
 CREATE TRIGGER queue_removed AFTER DELETE ON werkfluss.queue FOR EACH ROW WHEN (((old.queue_name IS NOT NULL) AND (NOT old.parked))) EXECUTE FUNCTION werkfluss._queue_slot_freed();
 
+CREATE TRIGGER runs_traceparent BEFORE INSERT ON werkfluss.runs FOR EACH ROW EXECUTE FUNCTION werkfluss._runs_traceparent();
+
 GRANT USAGE ON SCHEMA werkfluss TO werkfluss_client;
+
+REVOKE ALL ON FUNCTION werkfluss._break_schedule(name text, revision bigint, error text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._bucket(name text, capacity integer, period double precision) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._cancel_tree(roots text[]) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION werkfluss._check_schedule_name(caller text, name text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss._claim(workflows text[], lim integer, worker text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._declare_workflow_queue(workflow text, queue_name text) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION werkfluss._fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_tick timestamp with time zone, skipped integer) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss._lock_flow_keys(run_ids text[]) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION werkfluss._pending_reason(run_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION werkfluss._lock_schedule(caller text, name text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._queue_slot_freed() FROM PUBLIC;
 
@@ -1339,18 +1664,34 @@ REVOKE ALL ON FUNCTION werkfluss._reap_workers() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._run_inputs(run_id text, OUT wakeups integer, OUT inbox jsonb, OUT children jsonb) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION werkfluss._runs_traceparent() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._schedule_name_problem(name text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._scheduled_at(tick timestamp with time zone, tz text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss._send(token text, payload jsonb) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._take_token(name text, capacity integer, period double precision, run_id text, waited boolean) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._upsert_schedule(name text, workflow text, cron text, timezone text, args jsonb, kwargs jsonb, catchup text, overlap text, catchup_limit integer, origin text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._wake(run_id text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss.cancel_run(run_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION werkfluss.cancel_run(run_id text) TO werkfluss_client;
 
+REVOKE ALL ON FUNCTION werkfluss.create_schedule(name text, workflow text, cron text, timezone text, args jsonb, kwargs jsonb, catchup text, overlap text, catchup_limit integer) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss.declare_queue(name text, concurrency integer, per_key integer, worker_concurrency integer, rate_limit integer, rate_period interval, priority_aging interval) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION werkfluss.delete_schedule(name text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss.pause_schedule(name text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss.prune_runs(older_than interval, batch_size integer, wait boolean) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss.resume_schedule(name text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss.retry_run(run_id text) FROM PUBLIC;
 
@@ -1362,3 +1703,5 @@ GRANT ALL ON FUNCTION werkfluss.send(token text, payload jsonb) TO werkfluss_cli
 
 REVOKE ALL ON FUNCTION werkfluss.start_run(name text, args jsonb, run_id text, kwargs jsonb, timeout interval, queue text, concurrency_key text, priority integer, start_at timestamp with time zone, delay interval, debounce interval, debounce_key text) FROM PUBLIC;
 GRANT ALL ON FUNCTION werkfluss.start_run(name text, args jsonb, run_id text, kwargs jsonb, timeout interval, queue text, concurrency_key text, priority integer, start_at timestamp with time zone, delay interval, debounce interval, debounce_key text) TO werkfluss_client;
+
+REVOKE ALL ON FUNCTION werkfluss.trigger_schedule(name text) FROM PUBLIC;

@@ -17,8 +17,10 @@
             print(await handle.result())
 """
 
+from werkfluss.cron import Schedule
 from werkfluss.engine import Engine
 from werkfluss.errors import (
+    AppImportError,
     ConfigurationError,
     DatabaseError,
     DatabaseUnavailable,
@@ -26,6 +28,8 @@ from werkfluss.errors import (
     HookConflict,
     HookRefused,
     InvalidArgument,
+    InvalidCron,
+    InvalidDsn,
     InvalidTransition,
     NonDeterminismError,
     NotAWorkflowError,
@@ -36,9 +40,11 @@ from werkfluss.errors import (
     RunFailed,
     RunIdConflict,
     RunNotFound,
+    ScheduleNotFound,
     SchemaNotReady,
     SerializationError,
     StepFailed,
+    UnknownTimezone,
     UnknownWorkflowError,
     ValueRefused,
     WerkflussError,
@@ -54,12 +60,14 @@ from werkfluss.runtime.steps import step
 from werkfluss.runtime.timers import sleep
 from werkfluss.runtime.workflows import workflow
 from werkfluss.store.flow import QueueInfo
+from werkfluss.store.schedules import ScheduleInfo
 from werkfluss.telemetry import configure_logging
 from werkfluss.worker.worker import Worker
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "AppImportError",
     "ConfigurationError",
     "DatabaseError",
     "DatabaseUnavailable",
@@ -69,6 +77,8 @@ __all__ = [
     "HookConflict",
     "HookRefused",
     "InvalidArgument",
+    "InvalidCron",
+    "InvalidDsn",
     "InvalidTransition",
     "NonDeterminismError",
     "NotAWorkflowError",
@@ -84,12 +94,16 @@ __all__ = [
     "RunIdConflict",
     "RunInfo",
     "RunNotFound",
+    "Schedule",
+    "ScheduleInfo",
+    "ScheduleNotFound",
     "SchemaNotReady",
     "SerializationError",
     "StartOptions",
     "StepFailed",
     "StepInfo",
     "StepRecord",
+    "UnknownTimezone",
     "UnknownWorkflowError",
     "ValueRefused",
     "WerkflussError",

@@ -2,4 +2,4 @@ import sys
 
 from werkfluss.cli.main import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m werkfluss"))

@@ -13,25 +13,29 @@ embedded PostgreSQL (see :mod:`werkfluss.store.embedded`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import inspect
 import os
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, cast
 
-from werkfluss import limits, serializer, telemetry
+from werkfluss import limits, serializer, telemetry, tracing
+from werkfluss.cron import Catchup, Overlap, Schedule, make_schedule
 from werkfluss.durations import Duration, optional_duration, parse_duration
-from werkfluss.errors import HookRefused, InvalidArgument, QueueNotFound
+from werkfluss.errors import HookRefused, InvalidArgument, QueueNotFound, ScheduleNotFound
 from werkfluss.flow import OPTION_NAMES, Queue, StartOptions, registered_queues
 from werkfluss.runs import STATUSES, RunHandle, RunInfo
 from werkfluss.runtime import workflows
 from werkfluss.runtime.workflows import Workflow
 from werkfluss.store import flow as flow_store
-from werkfluss.store import migrations
+from werkfluss.store import migrations, retention, schedules
 from werkfluss.store import workers as registry
 from werkfluss.store.connector import Connector
 from werkfluss.store.embedded import start_embedded
 from werkfluss.store.flow import QueueInfo
 from werkfluss.store.listener import Listener
+from werkfluss.store.schedules import ScheduleInfo
 from werkfluss.store.workers import WorkerInfo
 from werkfluss.worker.worker import Worker
 
@@ -197,6 +201,7 @@ class Engine:
             queue=queue_name, concurrency_key=opts.concurrency_key, priority=opts.priority,
             start_at=opts.start_at, delay_seconds=opts.delay_seconds,
             debounce_seconds=opts.debounce_seconds, debounce_key=opts.debounce_key,
+            traceparent=tracing.current_traceparent(),
         )
         await self.open()
         try:
@@ -309,9 +314,14 @@ class Engine:
             telemetry.logger().info("run.retry_requested", run_id=run_id)
         return retried
 
-    async def prune(self, older_than: Duration = "14d", *, batch_size: int = 500) -> int:
+    async def prune(
+        self, older_than: Duration = "14d", *, batch_size: int = 500, dry_run: bool = False
+    ) -> int:
         """Delete finished runs older than ``older_than`` (with their log, hooks
         and payloads), in batches of ``batch_size``; returns how many.
+
+        With ``dry_run=True`` nothing is deleted: returns how many runs would be.
+        Workers prune by themselves on their ``retention`` setting.
 
             deleted = await engine.prune("30d")
         """
@@ -319,11 +329,12 @@ class Engine:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= 10000:
             raise InvalidArgument(f"batch_size must be a whole number from 1 to 10000, got {batch_size!r}")
         await self.open()
+        if dry_run:
+            return await retention.count_prunable(self.connector, older_than_seconds=seconds)
         total = 0
         while True:
-            row = await self.connector.fetch_one(
-                "prune_runs", older_than_seconds=seconds, batch_size=batch_size, wait=True)
-            deleted = int(row["deleted"]) if row else 0
+            deleted = await retention.prune_batch(
+                self.connector, older_than_seconds=seconds, batch_size=batch_size, wait=True)
             total += max(deleted, 0)
             if deleted < batch_size:
                 break
@@ -337,6 +348,141 @@ class Engine:
         return await registry.list_workers(self.connector,
                                            recent_seconds=parse_duration(recent, what="recent"))
 
+    async def served_workflows(self) -> set[str]:
+        """The workflows that live workers serve now (running, heartbeat within their lease).
+
+        A pending run of any other workflow waits until a worker that serves it starts:
+
+            if "app.onboard" not in await engine.served_workflows():
+                print("start a worker: python -m werkfluss.worker --app app")
+        """
+        await self.open()
+        return await registry.served_workflows(self.connector)
+
+    # --- schedules ---------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        workflow: Workflow[..., Any] | str,
+        cron: str | Schedule,
+        /,
+        *,
+        name: str | None = None,
+        timezone: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        catchup: Catchup | None = None,
+        overlap: Overlap | None = None,
+        catchup_limit: int | None = None,
+    ) -> ScheduleInfo:
+        """Create the schedule ``name`` (default: the workflow's name), or
+        redefine it: a run of ``workflow`` at every tick of ``cron``.
+
+        Each run receives its scheduled time first, then ``args`` and
+        ``kwargs``. The options are those of :class:`~werkfluss.Schedule`
+        (``cron`` may be one). Redefining keeps the schedule paused if it is;
+        a new cron expression or time zone counts ticks from now. Everything is
+        checked before the database is touched (:class:`InvalidCron`,
+        :class:`UnknownTimezone`, :class:`InvalidArgument`,
+        :class:`SerializationError`).
+
+            await engine.schedule(rollup, "0 * * * *", name="rollup-eu", args=["eu"],
+                                  timezone="Europe/Berlin")
+        """
+        wf_name = limits.check_workflow_name(workflows.name_of(workflow))
+        spec = make_schedule(cron, timezone=timezone, catchup=catchup, overlap=overlap,
+                             catchup_limit=catchup_limit)
+        schedule_name = limits.check_schedule_name(wf_name if name is None else name)
+        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+            raise InvalidArgument(f"args must be a list or tuple of arguments, not {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise InvalidArgument(f"kwargs must be a dict, not {type(kwargs).__name__}")
+        if isinstance(workflow, Workflow):
+            try:
+                inspect.signature(workflow.fn).bind(None, *args, **(kwargs or {}))
+            except TypeError as err:
+                raise InvalidArgument(
+                    f"{wf_name} cannot be called with its scheduled time followed by args={list(args)!r} "
+                    f"and kwargs={dict(kwargs or {})!r}: {err}"
+                ) from None
+            except ValueError:
+                pass
+        args_json = serializer.dumps(list(args), what=f"the arguments of schedule {schedule_name}")
+        kwargs_json = serializer.dumps(dict(kwargs or {}),
+                                       what=f"the keyword arguments of schedule {schedule_name}")
+        await self.open()
+        await schedules.create(
+            self.connector, name=schedule_name, workflow=wf_name, cron=spec.cron, timezone=spec.timezone,
+            args=args_json, kwargs=kwargs_json, catchup=spec.catchup, overlap=spec.overlap,
+            catchup_limit=spec.catchup_limit,
+        )
+        telemetry.logger().info("schedule.created", schedule=schedule_name, workflow=wf_name, cron=spec.cron,
+                                timezone=spec.timezone)
+        return await self.get_schedule(schedule_name)
+
+    async def schedules(self, *, workflow: Workflow[..., Any] | str | None = None) -> list[ScheduleInfo]:
+        """Every schedule (optionally of one workflow), by name, with its next
+        tick, last run and that run's status.
+
+            for s in await engine.schedules():
+                print(s.name, s.next_tick, s.last_run_id, s.last_run_status, s.paused)
+        """
+        wf_name = None if workflow is None else workflows.name_of(workflow)
+        await self.open()
+        found, now = await schedules.list_schedules(self.connector, workflow=wf_name)
+        return [_with_next_tick(info, now) for info in found]
+
+    async def get_schedule(self, name: str) -> ScheduleInfo:
+        """One schedule (raises :class:`ScheduleNotFound`)."""
+        name = limits.check_schedule_name(name)
+        await self.open()
+        info, now = await schedules.get(self.connector, name)
+        if info is None:
+            raise ScheduleNotFound(name)
+        return _with_next_tick(info, now)
+
+    async def pause_schedule(self, name: str) -> bool:
+        """Stop starting runs at its ticks; ``False`` if it was paused already.
+        Runs already started go on. Raises :class:`ScheduleNotFound`."""
+        name = limits.check_schedule_name(name)
+        await self.open()
+        changed = await schedules.pause(self.connector, name)
+        if changed:
+            telemetry.logger().info("schedule.paused", schedule=name)
+        return changed
+
+    async def resume_schedule(self, name: str) -> bool:
+        """Start runs at its ticks again, from the next tick on (the ticks that
+        fell into the pause do not run); ``False`` if it was not paused."""
+        name = limits.check_schedule_name(name)
+        await self.open()
+        changed = await schedules.resume(self.connector, name)
+        if changed:
+            telemetry.logger().info("schedule.resumed", schedule=name)
+        return changed
+
+    async def trigger_schedule(self, name: str) -> RunHandle:
+        """Start a run of the schedule now, outside its ticks (also while it is
+        paused; the overlap policy does not apply). Its scheduled time is now.
+
+            handle = await engine.trigger_schedule("nightly-report")
+        """
+        name = limits.check_schedule_name(name)
+        await self.open()
+        run_id = await schedules.trigger(self.connector, name)
+        telemetry.logger().info("schedule.triggered", schedule=name, run_id=run_id)
+        return RunHandle(self, run_id)
+
+    async def delete_schedule(self, name: str) -> None:
+        """Delete the schedule; the runs it started are kept. Raises
+        :class:`ScheduleNotFound`. A schedule declared with
+        ``@workflow(schedule=...)`` comes back when a worker serving that code
+        starts: remove it from the code."""
+        name = limits.check_schedule_name(name)
+        await self.open()
+        await schedules.delete(self.connector, name)
+        telemetry.logger().info("schedule.deleted", schedule=name)
+
     # --- workers -----------------------------------------------------------------------
 
     def worker(
@@ -349,6 +495,8 @@ class Engine:
         shutdown_grace: Duration = "10s",
         cache_size: int = 256,
         worker_id: str | None = None,
+        retention: Duration | None = "14d",
+        prune_interval: Duration = "5m",
     ) -> Worker:
         """A worker in this process; use it as ``async with engine.worker(concurrency=32):``.
 
@@ -363,6 +511,8 @@ class Engine:
             shutdown_grace=shutdown_grace,
             cache_size=cache_size,
             worker_id=worker_id,
+            retention=retention,
+            prune_interval=prune_interval,
         )
 
     async def _worker_connection(self) -> tuple[Connector, Listener]:
@@ -390,3 +540,19 @@ def _refuse_misplaced_options(workflow: Workflow[..., Any] | str, kwargs: dict[s
         raise InvalidArgument(
             f"{workflow.name} takes no argument {unknown[0]!r}: start options go in "
             f"options=StartOptions({example})")
+
+
+def _with_next_tick(info: ScheduleInfo, now: dt.datetime | None) -> ScheduleInfo:
+    """The tick a schedule fires next: as stored, or — not computed by a
+    worker yet — from its definition; none while it is paused or broken."""
+    if info.paused or info.error is not None:
+        return dataclasses.replace(info, next_tick=None)
+    if info.next_tick is not None:
+        return info
+    try:
+        spec = Schedule(info.cron, timezone=info.timezone, catchup=cast(Catchup, info.catchup),
+                        overlap=cast(Overlap, info.overlap), catchup_limit=info.catchup_limit)
+    except InvalidArgument:
+        return info  # a worker will say why (the schedule's error)
+    after = info.since if now is None else max(info.since, now)
+    return dataclasses.replace(info, next_tick=spec.next_tick(after))

@@ -25,6 +25,24 @@ class ConfigurationError(WerkflussError):
     """Something in the setup is missing or wrong (no database, bad option)."""
 
 
+class InvalidDsn(ConfigurationError):
+    """The connection string cannot be used as written: it does not parse, or
+    libpq refuses one of its options (a port that is not a number, an unknown
+    ``sslmode``, a URL scheme other than ``postgresql://``).
+
+    Raised before anything is sent to a server; the message never contains
+    the password.
+    """
+
+
+class AppImportError(ConfigurationError):
+    """``--app`` names something the worker cannot import as a module.
+
+    The message suggests the module name to use instead (``crashapp`` for
+    ``crashapp.py``, ``myapp.workflows`` for ``myapp/workflows.py``).
+    """
+
+
 class DatabaseError(WerkflussError):
     """PostgreSQL reported an error werkfluss did not expect."""
 
@@ -50,8 +68,9 @@ class SchemaNotReady(WerkflussError):
 
     def __str__(self) -> str:
         message = (
-            "the werkfluss schema is missing or out of date in this database; "
-            "run `await engine.migrate()` or `python -m werkfluss migrate --dsn URL`"
+            "the werkfluss schema is missing or out of date in this database; apply the "
+            "migrations with `python -m werkfluss migrate --dsn URL` (or `werkfluss migrate`), "
+            "by starting a worker with `--migrate`, or with `await engine.migrate()`"
         )
         return f"{message} ({self.detail})" if self.detail else message
 
@@ -100,6 +119,26 @@ class QueueNotFound(WerkflussError, LookupError):
     """A start names a queue the database does not know: declare it first
     (``Queue(...)`` in the workers' code, ``engine.declare_queue``, or
     ``werkfluss.declare_queue`` in SQL)."""
+
+
+class ScheduleNotFound(WerkflussError, LookupError):
+    """No schedule has this name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        return f"no schedule named {self.name!r}; list schedules with `python -m werkfluss schedules`"
+
+
+class InvalidCron(InvalidArgument):
+    """A cron expression that the parser refuses (wrong number of fields, a
+    value out of range, a date that never comes)."""
+
+
+class UnknownTimezone(InvalidArgument):
+    """A time zone name that is not in the IANA time zone database."""
 
 
 class RunIdConflict(WerkflussError):

@@ -22,6 +22,7 @@ token well below the size of a btree index entry (about 2700 bytes).
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from werkfluss.errors import InvalidArgument
@@ -34,6 +35,11 @@ MAX_WORKFLOW_NAME_LENGTH = 255
 
 #: The longest hook token (``hook(token=…)``, ``send``). Generated tokens are 47 characters.
 MAX_TOKEN_LENGTH = 500
+
+#: The longest schedule name. A tick's run id is ``schedule:<name>:<tick in UTC>``
+#: (a manual trigger's ``schedule:<name>:manual:<time with microseconds>``), within
+#: :data:`MAX_RUN_ID_LENGTH` for every name.
+MAX_SCHEDULE_NAME_LENGTH = 200
 
 #: Child runs get the id ``<parent id>::<seq>``; no run id a caller chooses may contain it.
 CHILD_ID_SEPARATOR = "::"
@@ -109,3 +115,23 @@ def check_token(token: Any) -> str:
     if len(token) > MAX_TOKEN_LENGTH:
         raise _too_long("the hook token", token, MAX_TOKEN_LENGTH)
     return str(token)
+
+
+def check_schedule_name(name: Any) -> str:
+    """Return ``name`` if a schedule can have it: at most
+    :data:`MAX_SCHEDULE_NAME_LENGTH` characters, without ``':'`` (it separates
+    the name from the tick in run ids) or whitespace; else raise :class:`InvalidArgument`."""
+    _text(name, "the schedule name", "'nightly-report'")
+    if len(name) > MAX_SCHEDULE_NAME_LENGTH:
+        raise _too_long("the schedule name", name, MAX_SCHEDULE_NAME_LENGTH)
+    if ":" in name:
+        raise InvalidArgument(
+            f"the schedule name {name!r} contains ':', which separates the name from the tick in "
+            "the ids of its runs ('schedule:<name>:<tick>'); use another separator, e.g. 'reports.nightly'"
+        )
+    if any(c.isspace() or unicodedata.category(c) == "Cc" for c in name):
+        raise InvalidArgument(
+            f"the schedule name {name!r} contains whitespace or a control character; "
+            "use e.g. 'nightly-report'"
+        )
+    return str(name)

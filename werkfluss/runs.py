@@ -22,6 +22,7 @@ from werkfluss import serializer
 from werkfluss.errors import DatabaseUnavailable, RunCancelled, RunFailed, RunNotFound
 from werkfluss.store.connector import Connector, Row
 from werkfluss.store.listener import Listener
+from werkfluss.store.workers import RunLease, run_lease
 
 
 class RunSource(Protocol):
@@ -85,8 +86,6 @@ def describe_blocked(reason: dict[str, Any] | None) -> str | None:
         return f"rate limit {reason.get('name')} until {_when(reason.get('until'))}"
     if kind == "scheduled":
         return f"scheduled for {_when(reason.get('at'))}"
-    if kind == "no_worker":
-        return f"no live worker serves {reason.get('workflow')}"
     return str(reason)
 
 
@@ -112,8 +111,9 @@ class RunInfo:
     ``queue``, ``concurrency_key`` and ``priority`` are how it was started;
     ``blocked_by`` says, for a pending run, why it has not started yet
     (``"queue exports at 20/20"``, ``"key customer-42 at 5/5"``,
-    ``"rate limit queue exports until 12:00:03 UTC"``, ``"scheduled for …"``,
-    ``"no live worker serves app.export"``); ``None`` when it is next in line.
+    ``"rate limit queue exports until 12:00:03 UTC"``, ``"scheduled for …"``);
+    ``None`` when it is next in line (whether a worker serves it:
+    ``engine.served_workflows()``).
     """
 
     run_id: str
@@ -241,6 +241,20 @@ class RunHandle:
         if not rows:
             await self.info()
         return [StepRecord.from_row(row) for row in rows]
+
+    async def lease(self) -> RunLease | None:
+        """Which worker holds the run, and until when its heartbeat vouches for it.
+
+        ``None`` when no worker holds the run (it is not ``running``). A
+        lease whose ``seconds_left`` is negative belongs to a worker that
+        stopped beating (killed, frozen); the next live worker's reaper frees
+        the run.
+
+            lease = await handle.lease()
+            if lease is not None:
+                print(f"held by {lease.host}:{lease.pid} until {lease.expires_at}")
+        """
+        return await run_lease(self._engine.connector, run_id=self.run_id)
 
     async def cancel(self) -> bool:
         """Cancel the run; ``False`` if it had already finished."""

@@ -11,6 +11,18 @@ calls :func:`configure_logging` to render JSON or console lines::
 Event names are part of the public surface; see ``docs/reference.md`` for the
 list and their keys (``run.started``, ``run.completed``, ``run.failed``,
 ``step.completed``, ``step.retrying``, ``worker.lease_taken_over``, ...).
+
+The same events feed werkfluss's metrics: :func:`observe` registers a
+callback that sees every event, ``debug`` ones included, whatever the log
+threshold (:mod:`werkfluss.worker.metrics` counts them for Prometheus)::
+
+    from werkfluss import telemetry
+
+    seen = []
+    stop = telemetry.observe(lambda event, fields: seen.append(event))
+    telemetry.logger().info("run.completed", run_id="r1", workflow="app.onboard")
+    stop()
+    assert seen == ["run.completed"]
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -37,9 +50,16 @@ def _level_from_env() -> int:
 _level = _level_from_env()
 _logger: Any = None
 
+Observer = Callable[[str, dict[str, Any]], None]
+_observers: tuple[Observer, ...] = ()
+
 
 def logger() -> Any:
-    """The werkfluss logger (a structlog bound logger filtered at werkfluss's level)."""
+    """The werkfluss logger (a structlog bound logger filtered at werkfluss's level).
+
+    While observers are registered (:func:`observe`), every event goes to them
+    first, then to structlog.
+    """
     global _logger
     if _logger is None:
         _logger = structlog.wrap_logger(
@@ -47,7 +67,68 @@ def logger() -> Any:
             wrapper_class=structlog.make_filtering_bound_logger(_level),
             logger_factory_args=("werkfluss",),
         )
+        if _observers:
+            _logger = _Observed(_logger)
     return _logger
+
+
+def observe(observer: Observer) -> Callable[[], None]:
+    """Call ``observer(event, fields)`` for every werkfluss event; returns a function that stops it.
+
+    Observers see ``debug`` events too, whatever the log threshold. They are
+    called synchronously where the event happens, so they must be quick and
+    must not raise (an exception is swallowed: telemetry never breaks a run).
+    """
+    global _observers, _logger
+
+    _observers = (*_observers, observer)
+    _logger = None
+
+    def stop() -> None:
+        global _observers, _logger
+        _observers = tuple(o for o in _observers if o is not observer)
+        _logger = None
+
+    return stop
+
+
+class _Observed:
+    """The werkfluss logger with observers: each event goes to them, then on to structlog."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def _notify(self, event: str, fields: dict[str, Any]) -> None:
+        for observer in _observers:
+            try:
+                observer(event, fields)
+            except Exception:  # an observer's bug must not fail a run
+                pass
+
+    def debug(self, event: str, **fields: Any) -> Any:
+        self._notify(event, fields)
+        return self._inner.debug(event, **fields)
+
+    def info(self, event: str, **fields: Any) -> Any:
+        self._notify(event, fields)
+        return self._inner.info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> Any:
+        self._notify(event, fields)
+        return self._inner.warning(event, **fields)
+
+    def error(self, event: str, **fields: Any) -> Any:
+        self._notify(event, fields)
+        return self._inner.error(event, **fields)
+
+    def exception(self, event: str, **fields: Any) -> Any:
+        self._notify(event, fields)
+        return self._inner.exception(event, **fields)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def set_level(level: str | int) -> None:
@@ -63,7 +144,8 @@ def set_level(level: str | int) -> None:
 
 
 def debug_enabled() -> bool:
-    return _level <= logging.DEBUG
+    """Whether ``debug`` events are wanted: by the log threshold, or by an observer."""
+    return _level <= logging.DEBUG or bool(_observers)
 
 
 def configure_logging(format: str = "console", level: str = "info") -> None:

@@ -221,9 +221,8 @@ $$;
 -- first, by name) so that claims agree on what is held; its free slots are
 -- the limit minus the runs held. Runs of a key at its limit are parked.
 CREATE FUNCTION werkfluss._claim(workflows text[], lim integer, worker text)
-RETURNS TABLE (run_id text, workflow text, args jsonb, kwargs jsonb, deadline timestamptz,
-               parent_id text, started_at timestamptz, lease_id uuid, claims integer,
-               previous_lease_id uuid, previous_worker_id text, wakeups integer, inbox jsonb,
+RETURNS TABLE (run werkfluss.runs, lease_id uuid, claims integer, previous_lease_id uuid,
+               previous_worker_id text, waited_s double precision, wakeups integer, inbox jsonb,
                children jsonb, db_now timestamptz, has_log boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -231,9 +230,11 @@ DECLARE
     ids       text[] := '{}';
     prev_ids  uuid[] := '{}';
     prev_wks  text[] := '{}';
+    dues      timestamptz[] := '{}';
     more_ids  text[];
     more_prev uuid[];
     more_wks  text[];
+    more_dues timestamptz[];
     taken     integer := 0;
     names     text[];
     i         integer;
@@ -307,7 +308,8 @@ BEGIN
         EXIT WHEN taken >= lim;
         IF names[i] = '' THEN
             WITH picked AS (
-                SELECT y.run_id, y.lease_id AS previous_lease_id, y.worker_id AS previous_worker_id
+                SELECT y.run_id, y.lease_id AS previous_lease_id, y.worker_id AS previous_worker_id,
+                       y.available_at AS due_at
                   FROM werkfluss.queue y
                  WHERE y.queue_name IS NULL AND y.ready AND NOT y.parked AND y.available_at <= now()
                    AND y.workflow = ANY(workflows)
@@ -320,15 +322,16 @@ BEGIN
                        ready = false, claims = x.claims + 1, debounce_key = NULL
                   FROM picked p
                  WHERE x.run_id = p.run_id
-                RETURNING x.run_id, p.previous_lease_id, p.previous_worker_id
+                RETURNING x.run_id, p.previous_lease_id, p.previous_worker_id, p.due_at
             )
             SELECT coalesce(array_agg(l.run_id), '{}'), coalesce(array_agg(l.previous_lease_id), '{}'),
-                   coalesce(array_agg(l.previous_worker_id), '{}')
-              INTO more_ids, more_prev, more_wks
+                   coalesce(array_agg(l.previous_worker_id), '{}'), coalesce(array_agg(l.due_at), '{}')
+              INTO more_ids, more_prev, more_wks, more_dues
               FROM leased l;
             ids := ids || more_ids;
             prev_ids := prev_ids || more_prev;
             prev_wks := prev_wks || more_wks;
+            dues := dues || more_dues;
             taken := taken + cardinality(more_ids);
             CONTINUE;
         END IF;
@@ -356,7 +359,7 @@ BEGIN
         qtaken := 0;
         fresh := 0;
         FOR c IN
-            SELECT y.run_id, y.concurrency_key, y.claims, y.lease_id, y.worker_id
+            SELECT y.run_id, y.concurrency_key, y.claims, y.lease_id, y.worker_id, y.available_at
               FROM werkfluss.queue y
              WHERE y.queue_name = k.name AND y.ready AND NOT y.parked AND y.available_at <= now()
                AND y.workflow = ANY(workflows)
@@ -394,6 +397,7 @@ BEGIN
             ids := ids || got;
             prev_ids := prev_ids || c.lease_id;
             prev_wks := prev_wks || c.worker_id;
+            dues := dues || c.available_at;
             taken := taken + 1;
             qtaken := qtaken + 1;
             IF c.claims = 0 THEN
@@ -416,12 +420,13 @@ BEGIN
     -- anyone else ran it since. The wake-up count comes from the same
     -- snapshot as the inputs: an event newer than what is read here shows as
     -- a higher count later (see suspend_runs).
+    -- The run's whole row: columns later migrations add come with it.
     RETURN QUERY
-    SELECT r.id, r.workflow, r.args, r.kwargs, r.deadline, r.parent_id, r.started_at,
-           q.lease_id, q.claims, p.previous_lease_id, p.previous_worker_id,
+    SELECT r, q.lease_id, q.claims, p.previous_lease_id, p.previous_worker_id,
+           greatest(extract(epoch FROM now() - p.due_at), 0)::double precision,
            inputs.wakeups, inputs.inbox, inputs.children, clock_timestamp(),
            EXISTS (SELECT 1 FROM werkfluss.events e WHERE e.run_id = r.id)
-      FROM unnest(ids, prev_ids, prev_wks) AS p(run_id, previous_lease_id, previous_worker_id)
+      FROM unnest(ids, prev_ids, prev_wks, dues) AS p(run_id, previous_lease_id, previous_worker_id, due_at)
       JOIN werkfluss.runs r ON r.id = p.run_id
       JOIN werkfluss.queue q ON q.run_id = p.run_id
      CROSS JOIN LATERAL werkfluss._run_inputs(p.run_id) AS inputs;
@@ -1051,90 +1056,61 @@ $$;
 
 -- --- why a pending run has not started -----------------------------------------------
 
--- For a pending run that no worker holds: what it waits for, as JSON
+-- For each pending run that no worker holds: what it waits for, as JSON
 -- ({"kind": "scheduled", "at": ...}, {"kind": "key", "queue": ..., "key": ...,
--- "held": 5, "limit": 5}, {"kind": "queue", ...}, {"kind": "worker_limit", ...},
--- {"kind": "rate", "name": ..., "until": ...}, {"kind": "no_worker"}), or NULL
--- when it is next in line for a worker.
-CREATE FUNCTION werkfluss._pending_reason(run_id text) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
-#variable_conflict use_column
-DECLARE
-    y      werkfluss.queue%ROWTYPE;
-    k      werkfluss.queues%ROWTYPE;
-    status text;
-    held   integer;
-    b      werkfluss.rate_limits%ROWTYPE;
-    tokens double precision;
-BEGIN
-    SELECT * INTO y FROM werkfluss.queue q WHERE q.run_id = _pending_reason.run_id;
-    IF NOT FOUND OR y.lease_id IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    SELECT r.status INTO status FROM werkfluss.runs r WHERE r.id = _pending_reason.run_id;
-    IF status IS DISTINCT FROM 'pending' THEN
-        RETURN NULL;
-    END IF;
-    IF y.available_at > now() AND isfinite(y.available_at) THEN
-        RETURN jsonb_build_object('kind', 'scheduled', 'at', y.available_at);
-    END IF;
-    IF y.queue_name IS NOT NULL THEN
-        SELECT * INTO k FROM werkfluss.queues q WHERE q.name = y.queue_name;
-        IF k.per_key IS NOT NULL AND y.concurrency_key IS NOT NULL THEN
-            SELECT count(*) INTO held FROM werkfluss.queue x
-             WHERE x.queue_name = y.queue_name AND x.concurrency_key = y.concurrency_key
-               AND x.lease_id IS NOT NULL;
-            IF y.parked OR held >= k.per_key THEN
-                RETURN jsonb_build_object('kind', 'key', 'queue', k.name, 'key', y.concurrency_key,
-                                          'held', held, 'limit', k.per_key);
-            END IF;
-        END IF;
-        IF k.concurrency IS NOT NULL THEN
-            SELECT count(*) INTO held FROM werkfluss.queue x
-             WHERE x.queue_name = y.queue_name AND x.lease_id IS NOT NULL;
-            IF held >= k.concurrency THEN
-                RETURN jsonb_build_object('kind', 'queue', 'queue', k.name, 'held', held,
-                                          'limit', k.concurrency);
-            END IF;
-        END IF;
-        IF k.rate_limit IS NOT NULL AND y.claims = 0 THEN
-            SELECT * INTO b FROM werkfluss.rate_limits x WHERE x.name = 'queue:' || k.name;
-            IF FOUND THEN
-                tokens := least(b.capacity::double precision,
-                                b.tokens + greatest(0, extract(epoch FROM now() - b.refreshed_at))
-                                           * b.capacity / b.period);
-                IF tokens < 1 THEN
-                    RETURN jsonb_build_object('kind', 'rate', 'name', 'queue ' || k.name,
-                        'until', now() + make_interval(secs => (1 - tokens) * b.period / b.capacity));
-                END IF;
-            END IF;
-        END IF;
-        IF k.worker_concurrency IS NOT NULL AND EXISTS (
-            SELECT 1 FROM werkfluss.workers w
-             WHERE w.state = 'running' AND y.workflow = ANY(w.workflows)
-               AND w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds)
-        ) AND NOT EXISTS (
-            SELECT 1 FROM werkfluss.workers w
-             WHERE w.state = 'running' AND y.workflow = ANY(w.workflows)
-               AND w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds)
-               AND (SELECT count(*) FROM werkfluss.queue x
-                     WHERE x.worker_id = w.id AND x.lease_id IS NOT NULL
-                       AND x.queue_name = y.queue_name) < k.worker_concurrency
-        ) THEN
-            RETURN jsonb_build_object('kind', 'worker_limit', 'queue', k.name,
-                                      'limit', k.worker_concurrency);
-        END IF;
-    END IF;
-    IF NOT EXISTS (
-        SELECT 1 FROM werkfluss.workers w
-         WHERE w.state = 'running' AND y.workflow = ANY(w.workflows)
-           AND w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds)
-    ) THEN
-        RETURN jsonb_build_object('kind', 'no_worker', 'workflow', y.workflow);
-    END IF;
-    RETURN NULL;
-END
-$$;
+-- "held": 5, "limit": 5}, {"kind": "queue", "queue": ..., "held": 20,
+-- "limit": 20}, {"kind": "worker_limit", "queue": ..., "limit": 2},
+-- {"kind": "rate", "name": ..., "until": ...}), or NULL when it is next in
+-- line for a worker (whether a live worker serves its workflow is another
+-- question: werkfluss runs says so in a note). A view
+-- (not a function), so that a role that may only read the tables reads it
+-- too; read it for one run at a time (WHERE run_id = ...), its counts are
+-- per run.
+CREATE VIEW werkfluss.pending_reasons AS
+SELECT q.run_id,
+       CASE
+           WHEN q.available_at > now() AND q.available_at < 'infinity' THEN
+               jsonb_build_object('kind', 'scheduled', 'at', q.available_at)
+           WHEN k.per_key IS NOT NULL AND q.concurrency_key IS NOT NULL
+                AND (q.parked OR (SELECT count(*) FROM werkfluss.queue x
+                                   WHERE x.queue_name = q.queue_name AND x.concurrency_key = q.concurrency_key
+                                     AND x.lease_id IS NOT NULL) >= k.per_key) THEN
+               jsonb_build_object('kind', 'key', 'queue', k.name, 'key', q.concurrency_key, 'limit', k.per_key,
+                                  'held', (SELECT count(*) FROM werkfluss.queue x
+                                            WHERE x.queue_name = q.queue_name
+                                              AND x.concurrency_key = q.concurrency_key
+                                              AND x.lease_id IS NOT NULL))
+           WHEN k.concurrency IS NOT NULL
+                AND (SELECT count(*) FROM werkfluss.queue x
+                      WHERE x.queue_name = q.queue_name AND x.lease_id IS NOT NULL) >= k.concurrency THEN
+               jsonb_build_object('kind', 'queue', 'queue', k.name, 'limit', k.concurrency,
+                                  'held', (SELECT count(*) FROM werkfluss.queue x
+                                            WHERE x.queue_name = q.queue_name AND x.lease_id IS NOT NULL))
+           WHEN k.rate_limit IS NOT NULL AND q.claims = 0 AND t.tokens < 1 THEN
+               jsonb_build_object('kind', 'rate', 'name', 'queue ' || k.name,
+                                  'until', now() + make_interval(secs => (1 - t.tokens) * b.period / b.capacity))
+           WHEN k.worker_concurrency IS NOT NULL
+                AND EXISTS (SELECT 1 FROM werkfluss.workers w
+                             WHERE w.state = 'running' AND q.workflow = ANY(w.workflows)
+                               AND w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds))
+                AND NOT EXISTS (
+                    SELECT 1 FROM werkfluss.workers w
+                     WHERE w.state = 'running' AND q.workflow = ANY(w.workflows)
+                       AND w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds)
+                       AND (SELECT count(*) FROM werkfluss.queue x
+                             WHERE x.worker_id = w.id AND x.lease_id IS NOT NULL
+                               AND x.queue_name = q.queue_name) < k.worker_concurrency) THEN
+               jsonb_build_object('kind', 'worker_limit', 'queue', k.name, 'limit', k.worker_concurrency)
+       END AS blocked
+  FROM werkfluss.queue q
+  JOIN werkfluss.runs r ON r.id = q.run_id AND r.status = 'pending'
+  LEFT JOIN werkfluss.queues k ON k.name = q.queue_name
+  LEFT JOIN werkfluss.rate_limits b ON b.name = 'queue:' || q.queue_name
+  LEFT JOIN LATERAL (
+      SELECT least(b.capacity, b.tokens + greatest(0, extract(epoch FROM now() - b.refreshed_at))
+                                          * b.capacity / b.period) AS tokens
+  ) t ON b.name IS NOT NULL
+ WHERE q.lease_id IS NULL;
 
 -- --- privileges ----------------------------------------------------------------------
 
@@ -1157,6 +1133,7 @@ BEGIN
     LOOP
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON werkfluss.queues, werkfluss.workflow_queues,'
                        ' werkfluss.rate_limits TO %I', grantee);
+        EXECUTE format('GRANT SELECT ON werkfluss.pending_reasons TO %I', grantee);
         EXECUTE format('GRANT EXECUTE ON FUNCTION werkfluss.start_run(text, jsonb, text, jsonb, interval,'
                        ' text, text, integer, timestamptz, interval, interval, text),'
                        ' werkfluss.declare_queue(text, integer, integer, integer, integer, interval, interval),'
@@ -1165,8 +1142,7 @@ BEGIN
                        ' werkfluss._lock_flow_keys(text[]),'
                        ' werkfluss._bucket(text, integer, double precision),'
                        ' werkfluss._take_token(text, integer, double precision, text, boolean),'
-                       ' werkfluss._queue_slot_freed(),'
-                       ' werkfluss._pending_reason(text) TO %I', grantee);
+                       ' werkfluss._queue_slot_freed() TO %I', grantee);
     END LOOP;
 END
 $$;

@@ -81,19 +81,25 @@ def test_demo_shows_the_log_and_a_resumed_run(test_dsn: str) -> None:
     assert out.count("save_data('user-456') executing") == 1
 
 
-def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
+def test_demo_runs_on_the_embedded_default() -> None:
     import subprocess
     import sys
+    import tempfile
 
-    env = {k: v for k, v in os.environ.items() if k != "WERKFLUSS_DATABASE_URL"}
-    env.update(WERKFLUSS_EMBEDDED_DIR=str(tmp_path / "pgdata"), PYTHONPATH=str(ROOT),
-               WERKFLUSS_DEMO_STEP_SECONDS="0.1")
-    demo = subprocess.run([sys.executable, "-m", "werkfluss", "demo"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=180)
-    assert demo.returncode == 0, demo.stderr
-    assert "database: the embedded PostgreSQL" in demo.stdout
-    assert "fetch_data and save_data ran once" in demo.stdout
-    _embedded_server_stopped(tmp_path / "pgdata")
+    # Not under pytest's tmp_path: as root the server runs as another user, and
+    # any pytest starting on this machine makes /tmp/pytest-of-root private again.
+    with tempfile.TemporaryDirectory(prefix="werkfluss-embedded-") as tmp:
+        tmp_path = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if k != "WERKFLUSS_DATABASE_URL"}
+        env.update(WERKFLUSS_EMBEDDED_DIR=str(tmp_path / "pgdata"), PYTHONPATH=str(ROOT),
+                   WERKFLUSS_DEMO_STEP_SECONDS="0.1")
+        demo = subprocess.run([sys.executable, "-m", "werkfluss", "demo"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=180)
+        assert demo.returncode == 0, demo.stderr
+        assert f"database: the embedded PostgreSQL in {tmp_path / 'pgdata'}" in demo.stdout
+        assert f"'postgresql://postgres@/postgres?host={(tmp_path / 'pgdata').resolve()}'" in demo.stdout
+        assert "fetch_data and save_data ran once" in demo.stdout
+        _embedded_server_stopped(tmp_path / "pgdata")
 
 
 def _embedded_server_stopped(pgdata: Path) -> Any:

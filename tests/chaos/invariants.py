@@ -688,12 +688,28 @@ def dropped_as_cancelled(data: Collected) -> dict[tuple[int, str], list[float]]:
     return found
 
 
+def reaped_at(data: Collected) -> dict[int, list[float]]:
+    """pid -> when that worker learnt it had been reaped: its heartbeat lapsed for a
+    whole lease by the database's clock (a starved machine can do that with no
+    injected fault), so its runs were given away; times corrected for skew."""
+    found: dict[int, list[float]] = {}
+    for worker in data.workers:
+        shift = skew_seconds(worker["skew"])
+        for event in read_log(Path(worker["log"])):
+            if event.get("event") == "worker.reaped":
+                stamp = log_time(event)
+                if stamp is not None:
+                    found.setdefault(worker["pid"], []).append(stamp - shift)
+    return found
+
+
 def check_reexecutions(data: Collected, identities: dict[str, Identity | None]) -> Check:
     check = Check("reexecution", "a step body ran again only if the execution before it was in flight at a "
                                  "fault that hit its worker (or at the run's cancel)")
     lease_grace = data.settings.lease + 1.0
     dropped = dropped_as_cancelled(data)
     selves = self_takeovers(data)
+    reaped = reaped_at(data)
     by_kind: Counter[str] = Counter()
     per_fault: Counter[int] = Counter()
     reexecuted = 0
@@ -741,6 +757,9 @@ def check_reexecutions(data: Collected, identities: dict[str, Identity | None]) 
             if causes:
                 by_kind[causes[0].kind] += 1
                 per_fault[id(causes[0])] += len(session)
+                continue
+            if any(began <= t <= until + lease_grace for t in reaped.get(pid, [])):
+                by_kind["reaped"] += 1  # its heartbeat lapsed: its runs were given away by design
                 continue
             near = [f"{f.kind}@{f.began - data.t0:.1f}s" for f in data.faults
                     if f.kind != "cancel" and abs(f.began - began) < 10]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .harness import busy_share, log_time, read_log, skew_seconds
-from .invariants import Check, dropped_as_cancelled, expected_bodies, identify, self_takeovers
+from .invariants import Check, dropped_as_cancelled, expected_bodies, identify, reaped_at, self_takeovers
 from .scenario import Collected
 
 EVIDENCE_EVENTS = {
@@ -40,6 +40,7 @@ def fault_counts(data: Collected) -> dict[str, str]:
                                  if skewed else "0"),
         "cancels": str(faults["cancel"]),
         "workers restarted after exiting": str(sum(1 for n in data.notes if n.startswith("supervisor:"))),
+        "workers reaped (heartbeat lapsed)": str(sum(len(v) for v in reaped_at(data).values())),
     }
 
 

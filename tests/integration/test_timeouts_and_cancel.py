@@ -161,7 +161,7 @@ def test_a_child_started_while_its_parent_is_being_cancelled_is_cancelled_too(ds
     starter = psycopg.connect(dsn)  # a worker starting the child, its transaction still open
     starter.execute(QUERIES["start_children"], {
         "run_ids": [parent], "lease_ids": [lease], "seqs": [1], "child_ids": [f"{parent}::1"],
-        "workflows": ["tests.cancel.child"], "args": ["[]"], "kwargs": ["{}"],
+        "workflows": ["tests.cancel.child"], "args": ["[]"], "kwargs": ["{}"], "traceparents": [None],
     })
     result: list[object] = []
     canceller = threading.Thread(

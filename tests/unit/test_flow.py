@@ -148,7 +148,6 @@ def test_start_options_accept_what_the_sql_door_accepts() -> None:
         (None, None),
         ({"kind": "key", "key": "customer-42", "held": 5, "limit": 5}, "key customer-42 at 5/5"),
         ({"kind": "queue", "queue": "exports", "held": 20, "limit": 20}, "queue exports at 20/20"),
-        ({"kind": "no_worker", "workflow": "app.export"}, "no live worker serves app.export"),
         ({"kind": "scheduled", "at": "2030-01-01T02:00:00+00:00"}, "scheduled for 2030-01-01 02:00:00 UTC"),
         ({"kind": "rate", "name": "queue exports", "until": "2030-01-01T12:00:03+00:00"},
          "rate limit queue exports until 2030-01-01 12:00:03 UTC"),

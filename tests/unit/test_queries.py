@@ -99,10 +99,12 @@ def test_the_source_scan_recognises_every_call_form() -> None:
 # --- migrations -------------------------------------------------------------------------
 
 
-def test_migrations_are_numbered_from_one_without_gaps() -> None:
+def test_migrations_are_numbered_from_one_in_order() -> None:
     migrations = load_migrations()
     assert migrations, "no migrations found"
-    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    versions = [m.version for m in migrations]
+    assert versions[0] == 1
+    assert versions == sorted(set(versions))
     assert migrations[0].name == "initial"
     assert all(m.sql.strip() for m in migrations)
 
@@ -123,10 +125,23 @@ def fake_sql_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     load_migrations.cache_clear()
 
 
-def test_a_gap_in_migration_numbers_is_rejected(fake_sql_dir: Path) -> None:
+def test_a_gap_in_migration_numbers_is_allowed(fake_sql_dir: Path) -> None:
     (fake_sql_dir / "migrations" / "0001_initial.sql").write_text("SELECT 1;", encoding="utf-8")
     (fake_sql_dir / "migrations" / "0003_later.sql").write_text("SELECT 3;", encoding="utf-8")
-    with pytest.raises(ValueError, match="0003 found where 0002 was expected"):
+    assert [m.version for m in load_migrations()] == [1, 3]
+
+
+def test_a_migration_number_used_twice_is_rejected(fake_sql_dir: Path) -> None:
+    (fake_sql_dir / "migrations" / "0001_initial.sql").write_text("SELECT 1;", encoding="utf-8")
+    (fake_sql_dir / "migrations" / "0002_a.sql").write_text("SELECT 2;", encoding="utf-8")
+    (fake_sql_dir / "migrations" / "0002_b.sql").write_text("SELECT 2;", encoding="utf-8")
+    with pytest.raises(ValueError, match="0002 is used twice"):
+        load_migrations()
+
+
+def test_the_first_migration_is_0001(fake_sql_dir: Path) -> None:
+    (fake_sql_dir / "migrations" / "0002_later.sql").write_text("SELECT 2;", encoding="utf-8")
+    with pytest.raises(ValueError, match="must be 0001"):
         load_migrations()
 
 

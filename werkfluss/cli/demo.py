@@ -28,6 +28,8 @@ import uuid
 
 from werkfluss import Engine, hook, race, sleep, step, workflow
 from werkfluss.runs import RunHandle
+from werkfluss.store import embedded
+from werkfluss.store.connector import without_password
 
 STEP_SECONDS = float(os.environ.get("WERKFLUSS_DEMO_STEP_SECONDS", "0.3"))
 DEMO_LEASE = "2s"
@@ -66,8 +68,22 @@ async def onboard(user_id: str) -> str:
     return "done"
 
 
+def _print_database(engine: Engine) -> None:
+    """Which database the demo uses, and a psql command to look at its tables."""
+    assert engine.dsn is not None
+    if engine.embedded:
+        print(f"  database: the embedded PostgreSQL in {embedded.default_data_dir()}")
+        print(f"  psql:     {embedded.psql_command(engine.dsn)}")
+        print("            (while a werkfluss process uses the server; `python -m werkfluss dsn --hold` "
+              "keeps it up)")
+    else:
+        print(f"  database: {engine.connector.description}")
+        bare = without_password(engine.dsn)
+        print(f"  psql:     {embedded.psql_command(bare or engine.dsn, shipped=False)}")
+
+
 async def print_log(handle: RunHandle) -> None:
-    from werkfluss.cli.main import format_steps
+    from werkfluss.cli.output import format_steps
 
     print(format_steps(await handle.log()))
 
@@ -83,7 +99,7 @@ async def _wait_for_steps(handle: RunHandle, count: int, timeout: float) -> None
 async def run_demo(dsn: str | None = None) -> None:
     print("werkfluss demo")
     async with Engine(dsn) as engine:
-        print(f"  database: {'the embedded PostgreSQL' if engine.embedded else engine.connector.description}")
+        _print_database(engine)
         await engine.migrate()
 
         print("\n1. onboard('user-123'), executed by a worker in this process")
@@ -164,7 +180,7 @@ async def run_approval_demo(dsn: str | None = None, *, interactive: bool = False
     print("werkfluss demo: approval")
     suffix = uuid.uuid4().hex[:6]
     async with Engine(dsn) as engine:
-        print(f"  database: {'the embedded PostgreSQL' if engine.embedded else engine.connector.description}")
+        _print_database(engine)
         await engine.migrate()
         assert engine.dsn is not None
         async with engine.worker(concurrency=4, workflows=[approve_order]):

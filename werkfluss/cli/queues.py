@@ -17,6 +17,7 @@ import argparse
 import json
 from typing import Any
 
+from werkfluss.cli.output import format_table
 from werkfluss.engine import Engine
 from werkfluss.store.flow import QueueInfo
 
@@ -42,15 +43,14 @@ def queue_json(info: QueueInfo) -> dict[str, Any]:
     return out
 
 
-def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
     queues = sub.add_parser("queues", parents=[common],
                             help="list queues: limits, runs holding a worker, depth")
-    queues.add_argument("--json", action="store_true")
+    queues.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    queues.set_defaults(handler=cmd_queues)
 
 
 async def cmd_queues(engine: Engine, args: argparse.Namespace) -> int:
-    from werkfluss.cli.main import format_table
-
     queues = await engine.queues()
     if args.json:
         print(json.dumps([queue_json(q) for q in queues], default=str, ensure_ascii=False, indent=2))

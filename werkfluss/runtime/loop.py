@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import itertools
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -52,24 +53,39 @@ class DurableTimerHandle(asyncio.TimerHandle):
         self.seq = seq
 
 
+_ORDER_BITS = 32
+_loop_salts = itertools.count(1)
+
+
 class WorkflowTask(asyncio.Task):
     """A task of workflow code: hashed by its creation order on its loop, so
     that sets of tasks (``asyncio.wait``'s results, ``TaskGroup``'s members)
-    iterate in the same order on every replay."""
+    iterate in the same order on every replay.
 
-    _order = 0
+    The hash is ``salt << 32 | order``: the low bits (all a set of fewer than
+    2**32 members looks at) are the creation order, the same on every replay;
+    the loop's salt keeps tasks of different runs apart in asyncio's global
+    task set. The hash is fixed before ``Task.__init__`` registers the task
+    there (a hash that changed afterwards would corrupt that set).
+    """
+
+    def __init__(self, coro: Any, *, loop: WorkflowLoop, order: int, **kwargs: Any) -> None:
+        self._hash = loop.salt << _ORDER_BITS | order
+        super().__init__(coro, loop=loop, **kwargs)
 
     def __hash__(self) -> int:
-        return self._order
+        return self._hash
 
 
 class WorkflowFuture(asyncio.Future):
     """A future of workflow code, hashed by its creation order (see :class:`WorkflowTask`)."""
 
-    _order = 0
+    def __init__(self, *, loop: WorkflowLoop, order: int) -> None:
+        self._hash = loop.salt << _ORDER_BITS | order
+        super().__init__(loop=loop)
 
     def __hash__(self) -> int:
-        return self._order
+        return self._hash
 
 
 class WorkflowLoop(asyncio.AbstractEventLoop):
@@ -82,6 +98,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._created = 0  # tasks and futures made on this loop, for their hash
+        self.salt = next(_loop_salts) & 0xFFFFFFF  # told apart from other runs' loops (28 bits)
 
     # --- driving ----------------------------------------------------------------
 
@@ -147,10 +164,8 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         return self.instance.workflow_time.timestamp()
 
     def create_future(self) -> asyncio.Future[Any]:
-        future = WorkflowFuture(loop=self)
         self._created += 1
-        future._order = self._created
-        return future
+        return WorkflowFuture(loop=self, order=self._created)
 
     def create_task(
         self,
@@ -159,9 +174,8 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[T]:
-        task: WorkflowTask = WorkflowTask(coro, loop=self, name=name, context=context)
         self._created += 1
-        task._order = self._created
+        task: WorkflowTask = WorkflowTask(coro, loop=self, order=self._created, name=name, context=context)
         # A run that leaves this worker drops its loop with tasks still pending;
         # that is expected, not something to warn about.
         task._log_destroy_pending = False  # type: ignore[attr-defined]

@@ -20,21 +20,23 @@ from typing import Any, NoReturn
 
 import psycopg
 import psycopg.errors
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from werkfluss import telemetry
 from werkfluss.errors import (
-    ConfigurationError,
     DatabaseBusy,
     DatabaseError,
     DatabaseUnavailable,
     InvalidArgument,
+    InvalidDsn,
     QueueNotFound,
     RecordRefused,
     RunIdConflict,
     RunNotFound,
+    ScheduleNotFound,
     SchemaNotReady,
     ValueRefused,
 )
@@ -51,9 +53,10 @@ def _quietly(pool: Any) -> None:
 
 # Queries that change nothing: safe to run again after a lost connection.
 READ_ONLY = frozenset({
-    "get_run", "list_runs", "list_events", "list_steps", "read_logs", "run_inputs", "next_due",
+    "get_run", "list_runs", "list_events", "list_steps", "read_logs", "run_inputs", "next_due", "queue_depth",
     "schema_state", "worker_held_runs", "list_workers", "migrations_applied", "migrations_table_exists",
-    "list_queues",
+    "run_lease", "count_prunable", "served_workflows",
+    "due_schedules", "next_schedule_tick", "list_schedules", "get_schedule", "list_queues",
 })
 
 # SQLSTATEs after which the same transaction is expected to succeed when run again.
@@ -93,6 +96,27 @@ _TEXT_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)[^@\s]
 _TEXT_KV_PASSWORD = re.compile(
     r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&\"]*)", re.IGNORECASE
 )
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` as it may be shown: its password (and anything shaped like one) is ``***``.
+
+        >>> redact_dsn("postgresql://app:s3cret@db.internal:5432/shop")
+        'postgresql://app:***@db.internal:5432/shop'
+    """
+    return scrub(dsn, _passwords(dsn))
+
+
+def without_password(dsn: str) -> str | None:
+    """``dsn`` without its password, as key=value pairs (libpq then asks for
+    the password or reads ``~/.pgpass``); ``None`` if it has none or cannot be parsed."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return None
+    if not params.pop("password", None):
+        return None
+    return make_conninfo("", **params)
 
 
 def _passwords(dsn: str) -> list[str]:
@@ -195,6 +219,7 @@ class Connector:
         application_name: str = "werkfluss",
         connect_timeout: float = 10.0,
         acquire_timeout: float | None = None,
+        prepare: bool | None = None,
     ) -> None:
         self.dsn = dsn
         self.description = describe_dsn(dsn)
@@ -214,6 +239,12 @@ class Connector:
         # do not keep other workers from taking its runs over. Workers set it to
         # their lease.
         self.write_idle_timeout: float = 60.0
+        # Whether psycopg may prepare statements on these connections. None: find
+        # out when opening. Behind a pooler in transaction mode (PgBouncer before
+        # 1.21) a prepared statement is bound to a server connection that the
+        # next transaction may not get: it is missing there, or another client's
+        # statement has its name. So werkfluss prepares nothing behind a pooler.
+        self.prepare = prepare
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -224,7 +255,16 @@ class Connector:
         # One direct attempt first: the pool would retry silently until its
         # timeout, while this gives the user the server's own reason at once.
         conn = await self._connect()
-        await conn.close()
+        try:
+            if self.prepare is None:
+                self.prepare = not await _behind_a_pooler(conn)
+                if not self.prepare:
+                    telemetry.logger().info("connector.pooler_detected", database=self.description,
+                                            prepared_statements=False)
+        except psycopg.Error as err:
+            self._raise(err, {})
+        finally:
+            await conn.close()
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = AsyncConnectionPool(
             self.dsn,
             min_size=self._min_size,
@@ -253,7 +293,8 @@ class Connector:
         """A separate, small pool to the same database: a short path that
         slow work on this pool cannot block (a worker's heartbeat, its writes)."""
         return Connector(self.dsn, min_size=1, max_size=max_size, application_name=application_name,
-                         connect_timeout=self._connect_timeout, acquire_timeout=acquire_timeout)
+                         connect_timeout=self._connect_timeout, acquire_timeout=acquire_timeout,
+                         prepare=self.prepare)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -265,12 +306,15 @@ class Connector:
         return self._pool is not None
 
     def _connect_kwargs(self) -> dict[str, Any]:
-        return {
+        kwargs = {
             "autocommit": True,
             "row_factory": dict_row,
             "application_name": self._application_name,
             "connect_timeout": max(1, int(self._connect_timeout)),
         }
+        if self.prepare is False:
+            kwargs["prepare_threshold"] = None
+        return kwargs
 
     async def _connect(self, dsn: str | None = None) -> psycopg.AsyncConnection[Row]:
         dsn = dsn or self.dsn
@@ -278,10 +322,12 @@ class Connector:
         try:
             conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as err:
-            raise _malformed(err, secrets) from None
+            raise _malformed(err, secrets, dsn) from None
         try:
             conn = await psycopg.AsyncConnection.connect(dsn, **self._connect_kwargs())
         except psycopg.Error as err:
+            if _MALFORMED_OPTION.search(str(err)):  # libpq refused an option before connecting
+                raise _malformed(err, secrets, dsn) from None
             raise self._unavailable(err, secrets) from None
         await _configure(conn)
         return conn
@@ -442,8 +488,7 @@ class Connector:
     def _unavailable(self, err: BaseException, secrets: Sequence[str] = ()) -> DatabaseUnavailable:
         reason = scrub(str(err).strip(), [*self._secrets, *secrets]) or type(err).__name__
         return DatabaseUnavailable(
-            f"cannot reach PostgreSQL at {self.description}: {reason}. Check that the server "
-            "is running and that --dsn / WERKFLUSS_DATABASE_URL point to it"
+            f"cannot reach PostgreSQL at {self.description}: {reason}. {_what_to_check(reason, self.dsn)}"
         )
 
     def _raise(self, err: psycopg.Error, params: Params) -> NoReturn:
@@ -451,13 +496,50 @@ class Connector:
         raise translate_error(err, params, self) from err
 
 
-def _malformed(err: psycopg.Error, secrets: Sequence[str]) -> ConfigurationError:
-    reason = scrub(str(err).strip(), secrets)
-    return ConfigurationError(
+# libpq's own refusals of a connection string's options (fe-connect.c), made
+# before any server is contacted: the string is wrong, not the server.
+_MALFORMED_OPTION = re.compile(
+    r"invalid (integer value|port number|connection option|URI|\w+ value)"
+    r"|could not match \d+ (host names|port numbers)"
+)
+_DSN_SETTINGS = "--dsn / WERKFLUSS_DATABASE_URL"
+
+
+def _malformed(err: psycopg.Error, secrets: Sequence[str], dsn: str) -> InvalidDsn:
+    reason = scrub(str(err).strip(), secrets).removeprefix("connection is bad: ")
+    scheme = _URL_SCHEME.match(dsn)
+    if scheme and scheme.group().strip().lower() not in ("postgresql://", "postgres://"):
+        reason += f"; a URL must start with postgresql://, not {scheme.group().strip()}"
+    return InvalidDsn(
         f"the connection string is malformed: {reason}. Write it as a URL, "
         "postgresql://user@host:5432/dbname, or as key=value pairs, "
-        "'host=… port=5432 dbname=… user=…' (--dsn / WERKFLUSS_DATABASE_URL)"
+        f"'host=… port=5432 dbname=… user=…' ({_DSN_SETTINGS})"
     )
+
+
+def _what_to_check(reason: str, dsn: str) -> str:
+    """The advice that fits why a connection failed (the reason is libpq's)."""
+    if re.search(r"password authentication failed|no password supplied|role \".*\" does not exist"
+                 r"|no pg_hba\.conf entry|authentication failed", reason):
+        return (f"Check the user and password in {_DSN_SETTINGS} (and that pg_hba.conf lets "
+                "this user in from here)")
+    if re.search(r"database \".*\" does not exist", reason):
+        return f"Create the database (createdb NAME) or correct its name in {_DSN_SETTINGS}"
+    if re.search(r"failed to resolve host|could not translate host name", reason):
+        advice = f"Check the host name in {_DSN_SETTINGS}"
+        if _unencoded_at(dsn):
+            advice += "; an '@' in the password must be written %40"
+        return advice
+    return f"Check that the server is running and that {_DSN_SETTINGS} point to it"
+
+
+def _unencoded_at(dsn: str) -> bool:
+    """A URL whose user:password part holds an '@' that is not percent-encoded."""
+    match = _URL_SCHEME.match(dsn)
+    if not match:
+        return False
+    authority = re.split(r"[/?#]", dsn[match.end():], maxsplit=1)[0]
+    return authority.count("@") > 1
 
 
 # SQLSTATEs that mean the connection itself failed: class 08 (connection
@@ -492,7 +574,8 @@ def translate_error(err: psycopg.Error, params: Params, connector: Connector) ->
       data exceptions, class ``54`` limits such as an index row too large):
       :class:`ValueRefused`, an ``InvalidArgument`` that is also a ``DatabaseError``;
     - the schema is missing or old: :class:`SchemaNotReady`;
-    - ``P0002`` for a run id: :class:`RunNotFound`; a run id taken by another
+    - ``P0002`` for a run id: :class:`RunNotFound`; for a schedule name:
+      :class:`ScheduleNotFound`; a run id taken by another
       workflow: :class:`RunIdConflict`; ``42704`` for a queue: :class:`QueueNotFound`;
     - anything else: :class:`DatabaseError`, quoting PostgreSQL's message.
     """
@@ -504,15 +587,14 @@ def translate_error(err: psycopg.Error, params: Params, connector: Connector) ->
     state = err.sqlstate or ""
     if isinstance(err, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction,
                         psycopg.errors.InvalidSchemaName)) and "werkfluss" in message:
-        return SchemaNotReady(
-            f"{message}; a worker started with `python -m werkfluss.worker --migrate` applies "
-            "the migrations too"
-        )
+        return SchemaNotReady(message)
     if isinstance(err, psycopg.errors.UndefinedObject) and message.startswith("werkfluss.") \
             and "no queue named" in message:
         return QueueNotFound(message + hint)
     if isinstance(err, psycopg.errors.NoDataFound) and "run_id" in params:
         return RunNotFound(str(params["run_id"]))
+    if isinstance(err, psycopg.errors.NoDataFound) and "schedule_name" in params:
+        return ScheduleNotFound(str(params["schedule_name"]))
     if isinstance(err, psycopg.errors.UniqueViolation) and message.startswith("werkfluss."):
         return RunIdConflict(message + hint)
     if isinstance(err, psycopg.errors.RaiseException) or (
@@ -528,6 +610,19 @@ def translate_error(err: psycopg.Error, params: Params, connector: Connector) ->
             "grant; see the roles section of docs/operations.md"
         )
     return DatabaseError(f"PostgreSQL error: {message}{hint}")
+
+
+async def _behind_a_pooler(conn: psycopg.AsyncConnection[Row]) -> bool:
+    """Whether ``conn`` reaches PostgreSQL through a connection pooler.
+
+    A pooler (PgBouncer, pgcat, Odyssey, RDS Proxy, ...) answers the start-up
+    itself and gives the client a cancel key of its own, so the backend pid
+    the client was told is not the pid of the server process that runs its
+    queries. Connected directly, the two are the same.
+    """
+    cur = await conn.execute(QUERIES["backend_pid"])
+    row = await cur.fetchone()
+    return row is None or row["pid"] != conn.info.backend_pid
 
 
 async def _check_pool(pool: AsyncConnectionPool[Any]) -> None:

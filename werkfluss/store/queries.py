@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -52,16 +53,24 @@ def load_queries() -> dict[str, str]:
 
 @cache
 def load_migrations() -> tuple[Migration, ...]:
-    """All migrations, in version order; versions must be 1, 2, 3, ... without gaps."""
+    """All migrations, in version order.
+
+    Versions start at 1 and each is used once. A gap in the numbering is
+    allowed: migrations developed side by side reserve their numbers, and the
+    one that lands first must not break the others' checkouts (the migrator
+    applies, in order, every version the database has not recorded).
+    """
     found = []
     for path in sorted((sql_dir() / "migrations").glob("*.sql")):
         match = _MIGRATION.match(path.name)
         if not match:
             raise ValueError(f"migration file {path.name} must be named NNNN_name.sql")
         found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
-            raise ValueError(f"migration {migration.version:04d} found where {expected:04d} was expected")
+    if found and found[0].version != 1:
+        raise ValueError(f"the first migration must be 0001, found {found[0].version:04d}")
+    for before, migration in itertools.pairwise(found):
+        if migration.version == before.version:
+            raise ValueError(f"migration number {migration.version:04d} is used twice")
     return tuple(found)
 
 

@@ -208,6 +208,8 @@ class Recorder:
         self.batch_sizes.append(len(batch))
         if len(self.batch_sizes) > 1000:
             del self.batch_sizes[:500]
+        if telemetry.debug_enabled():
+            telemetry.logger().debug("recorder.committed", writes=len(batch))
         for (planned, writes), rows in zip(plan, results, strict=True):
             if planned is not None:
                 if planned.kind == "append":

@@ -41,10 +41,34 @@ class WorkerInfo:
     runs_held: int
     state: str
     stopped_at: dt.datetime | None
-    alive: bool
+    alive: bool  # its heartbeat vouches for it: running or stopping, heartbeat within its lease
+    heartbeat_age: float = 0.0  # seconds since its last heartbeat, by the database's clock
 
     @classmethod
     def from_row(cls, row: Row) -> WorkerInfo:
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class RunLease:
+    """Who holds a run, and until when (``handle.lease()``, ``werkfluss show``).
+
+    A worker holds its runs as long as its heartbeat is younger than its
+    lease; after ``expires_at`` any live worker's reaper frees them (within
+    a third of that worker's lease) and the run is claimed again. Host, pid,
+    state and times are ``None`` if the worker's row is gone.
+    """
+
+    worker_id: str
+    host: str | None
+    pid: int | None
+    state: str | None  # the worker's: "running", "stopping", "dead", ...
+    heartbeat_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    seconds_left: float | None  # until expires_at, by the database's clock; < 0: expired
+
+    @classmethod
+    def from_row(cls, row: Row) -> RunLease:
         return cls(**{name: row[name] for name in cls.__dataclass_fields__})
 
 
@@ -92,3 +116,15 @@ async def list_workers(
 ) -> list[WorkerInfo]:
     rows = await connector.fetch_all("list_workers", recent_seconds=recent_seconds, limit=limit)
     return [WorkerInfo.from_row(row) for row in rows]
+
+
+async def run_lease(connector: Connector, *, run_id: str) -> RunLease | None:
+    """The lease on a run, or ``None`` if no worker holds it."""
+    row = await connector.fetch_one("run_lease", run_id=run_id)
+    return RunLease.from_row(row) if row else None
+
+
+async def served_workflows(connector: Connector) -> set[str]:
+    """The workflows that running workers with a fresh heartbeat serve."""
+    rows = await connector.fetch_all("served_workflows")
+    return {row["workflow"] for row in rows}

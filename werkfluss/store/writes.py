@@ -129,6 +129,7 @@ class StartChild(Write):
     workflow: str
     args: str
     kwargs: str
+    traceparent: str | None = None  # the parent's run span, for the child's spans
 
     kind = "child"
     statement = "start_children"
@@ -143,6 +144,7 @@ class StartChild(Write):
             "workflows": [w.workflow for w in writes],
             "args": [w.args for w in writes],
             "kwargs": [w.kwargs for w in writes],
+            "traceparents": [w.traceparent for w in writes],
         }
 
     @staticmethod

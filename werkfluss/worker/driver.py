@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from werkfluss import telemetry
+from werkfluss import telemetry, tracing
 from werkfluss.clock import Cancellable
 from werkfluss.errors import DatabaseError, LeaseLost, RecordRefused, SerializationError, WerkflussError
 from werkfluss.flow import RateLimit
@@ -63,7 +63,11 @@ class RunDriver:
         self._suspension: cmd.Suspend | None = None
         self._steps_before = instance.steps_run  # a run resumed from the cache counts on
         self._done = asyncio.Event()
+        self._finish_command: cmd.Finish | None = None
         self.task: asyncio.Task[None] | None = None
+        self.span = tracing.start_run_span(  # None unless OpenTelemetry is installed
+            claimed.run_id, claimed.workflow, claimed.traceparent, claims=claimed.claims,
+            resumed=resumed, replaying=len(claimed.log))
         instance.lifecycle.listen(self._transition)
 
     # --- what the worker calls ----------------------------------------------------------
@@ -150,8 +154,21 @@ class RunDriver:
         for timer in (self._wake_timer, self._deadline_timer):
             if timer is not None:
                 timer.cancel()
+        if self.span is not None:
+            tracing.end_run_span(self.span, *self._outcome())
         self._done.set()
         self.worker.driver_done(self)
+
+    def _outcome(self) -> tuple[str, str | None]:
+        """How this execution of the run ended, for its span."""
+        state = self.instance.state
+        if state is RunState.FINISHED and self._finish_command is not None:
+            return self._finish_command.status, self._finish_command.error_type
+        if state is RunState.SUSPENDED and self._suspension is not None:
+            return self._suspension.status, None
+        if state is RunState.LOST:
+            return "lost", self.instance.lifecycle.reason
+        return state.value, None
 
     def _transition(self, old: RunState, new: RunState, reason: str) -> None:
         self.worker.run_moved(self, old, new, reason)
@@ -177,7 +194,7 @@ class RunDriver:
                 self._submit(w.MarkHookMulti(self.lease, command.token), None)
             elif isinstance(command, cmd.StartChild):
                 self._submit(w.StartChild(self.lease, command.seq, command.child_id, command.workflow,
-                                          command.args, command.kwargs),
+                                          command.args, command.kwargs, tracing.traceparent_of(self.span)),
                              self._child_answered(command.child_id))
             elif isinstance(command, cmd.CancelChild):
                 self.worker.cancel_run_soon(command.child_id)
@@ -265,6 +282,8 @@ class RunDriver:
         return commands
 
     def _finish(self, command: cmd.Finish) -> None:
+        self._finish_command = command
+
         def committed(_: Any) -> list[cmd.Command]:
             self.instance.finished()
             self._log_outcome(command)
@@ -334,20 +353,22 @@ class RunDriver:
                     and command.seq in self._steps)
 
         try:
-            outcome = await run_attempts(command.step, command.args, command.kwargs, command.info,
-                                         self.worker.executor, self.worker.clock, before_attempt=may_run,
-                                         may_start=may_start)
+            with tracing.step_span(self.span, self.run_id, command.step.name, command.seq) as span:
+                outcome = await run_attempts(command.step, command.args, command.kwargs, command.info,
+                                             self.worker.executor, self.worker.clock,
+                                             before_attempt=may_run, may_start=may_start)
+                span.done(outcome.attempts, outcome.ok, outcome.exception)
         except asyncio.CancelledError:
             self._steps.pop(command.seq, None)
             return
         self._steps.pop(command.seq, None)
         log = telemetry.logger()
+        took = (self.worker.clock.now() - outcome.started_at).total_seconds()
         if not outcome.ok and outcome.error is not None:
             error = f"{outcome.error.get('type')}: {outcome.error.get('message')}"
             log.info("step.failed", run_id=self.run_id, step=command.step.name, seq=command.seq,
-                     attempts=outcome.attempts, error=error)
+                     attempts=outcome.attempts, error=error, duration_ms=round(took * 1000, 3))
         elif telemetry.debug_enabled():
-            took = (self.worker.clock.now() - outcome.started_at).total_seconds()
             log.debug("step.completed", run_id=self.run_id, step=command.step.name, seq=command.seq,
                       attempts=outcome.attempts, duration_ms=round(took * 1000, 3))
         self.post(lambda: self.instance.step_done(command.seq, outcome))

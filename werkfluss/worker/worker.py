@@ -15,9 +15,14 @@ What a worker does:
   as the safety net. The claim keeps within the limits of the runs' queues
   (see :mod:`werkfluss.flow`); the worker declares the queues of the
   workflows it serves when it starts.
+* **Schedules**: keeps the schedules its workflows declare
+  (``@workflow(schedule=...)``) in the database and fires the ticks of the
+  schedules of the workflows it serves (see :mod:`werkfluss.worker.scheduler`).
 * **Beats** one heartbeat row every ``lease / 3`` seconds instead of renewing
   every held run, and **reaps** workers whose heartbeat stopped, so their runs
   are taken over after one lease (see :mod:`werkfluss.worker.heartbeat`).
+* **Prunes** finished runs older than its ``retention`` (default 14 days), in
+  small batches, one worker at a time (see :mod:`werkfluss.worker.retention`).
 * **Keeps** recently suspended runs in memory: when the same worker claims
   such a run again and nobody else ran it since, it goes on without
   replaying its log.
@@ -48,7 +53,7 @@ from werkfluss.runtime import workflows
 from werkfluss.runtime.instance import WorkflowInstance
 from werkfluss.runtime.state import RunState
 from werkfluss.runtime.workflows import Workflow
-from werkfluss.store import dispatch
+from werkfluss.store import dispatch, schedules
 from werkfluss.store import flow as flow_store
 from werkfluss.store import workers as registry
 from werkfluss.store.connector import Connector
@@ -58,6 +63,8 @@ from werkfluss.store.recorder import Recorder
 from werkfluss.store.writes import ReleaseRun
 from werkfluss.worker.driver import RunDriver
 from werkfluss.worker.heartbeat import Liveness
+from werkfluss.worker.retention import Pruner
+from werkfluss.worker.scheduler import Scheduler
 
 Connect = Callable[[], Awaitable[tuple[Connector, Listener]]]
 
@@ -98,6 +105,10 @@ class Worker:
         poll_interval: the safety-net poll when no notification arrives (``"5s"``).
         shutdown_grace: how long ``stop()`` lets in-flight steps finish (``"10s"``).
         cache_size: suspended runs kept in memory to resume without replay (default 256).
+        retention: finished runs older than this are deleted, with their log,
+            hooks and payloads (default ``"14d"``; ``None`` or ``"off"`` keeps
+            everything). Workers take turns: one prunes at a time.
+        prune_interval: how often the worker prunes (default ``"5m"``, ±25 % jitter).
     """
 
     def __init__(
@@ -111,6 +122,8 @@ class Worker:
         shutdown_grace: Duration = "10s",
         worker_id: str | None = None,
         cache_size: int = 256,
+        retention: Duration | None = "14d",
+        prune_interval: Duration = "5m",
     ) -> None:
         if not _whole(concurrency, 1, MAX_CONCURRENCY):
             raise InvalidArgument(
@@ -126,6 +139,14 @@ class Worker:
         self.shutdown_grace = parse_duration(shutdown_grace, what="shutdown_grace")
         if self.shutdown_grace > 3600:
             raise InvalidArgument(f"shutdown_grace must be at most 1h, got {shutdown_grace!r}")
+        self.retention_seconds = (
+            None if retention is None or retention == "off"
+            else parse_duration(retention, what="retention", allow_zero=False)
+        )
+        self.prune_interval = parse_duration(prune_interval, what="prune_interval", allow_zero=False)
+        if not 0.01 <= self.prune_interval <= 86400:
+            raise InvalidArgument(f"prune_interval must be from 10ms to 1 day, got {prune_interval!r}")
+        self.pruner: Pruner | None = None  # while started with a retention
         self.concurrency = concurrency
         self.cache_size = cache_size
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -145,6 +166,7 @@ class Worker:
         # the reaper ends them if this worker is declared dead.
         self.app_name = f"werkfluss-w-{uuid.uuid4().hex[:12]}"
         self._recorder: Recorder | None = None
+        self.scheduler: Scheduler | None = None
         self._wake = asyncio.Event()
         self._stop_heartbeat = asyncio.Event()
         self._force = asyncio.Event()
@@ -152,6 +174,7 @@ class Worker:
         self._started = False
         self._claiming = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._pruning: asyncio.Task[None] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._checking: set[str] = set()
@@ -209,6 +232,7 @@ class Worker:
         self._connector = connector
         connector.write_idle_timeout = min(connector.write_idle_timeout, self.lease_seconds)
         await check_schema(connector)
+        await self._declare_schedules(connector)
         await registry.register(
             connector, id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), version=_version(),
             workflows=self.workflow_names, concurrency=self.concurrency, lease_seconds=self.lease_seconds,
@@ -216,8 +240,11 @@ class Worker:
         )
         self.liveness.confirmed(time.monotonic() - 0.001)
         await self._declare_queues(connector)
+        self.scheduler = Scheduler(connector, workflows=self.workflow_names, poll_interval=self.poll_interval,
+                                   worker_id=self.worker_id)
         self._unsubscribe = [
             listener.subscribe(QUEUE_CHANNEL, self._on_queue),
+            listener.subscribe(QUEUE_CHANNEL, self.scheduler.notified),
             listener.subscribe(RUNS_CHANNEL, self._on_runs),
             listener.subscribe(WAKE_CHANNEL, self._on_wake),
         ]
@@ -237,9 +264,14 @@ class Worker:
             asyncio.create_task(self._claim_loop(), name="werkfluss-claimer"),
             asyncio.create_task(self._heartbeat_loop(), name="werkfluss-heartbeat"),
         ]
+        self.scheduler.start()
+        if self.retention_seconds is not None:
+            self.pruner = Pruner(connector, retention=self.retention_seconds,
+                                 interval=self.prune_interval, worker_id=self.worker_id)
+            self._pruning = asyncio.create_task(self.pruner.run(), name="werkfluss-retention")
         telemetry.logger().info(
             "worker.started", worker_id=self.worker_id, workflows=self.workflow_names,
-            concurrency=self.concurrency, lease_s=self.lease_seconds,
+            concurrency=self.concurrency, lease_s=self.lease_seconds, retention_s=self.retention_seconds,
         )
 
     async def _declare_queues(self, connector: Connector) -> None:
@@ -260,6 +292,20 @@ class Worker:
                 log.info("queue.created", queue=queue.name, worker_id=self.worker_id)
         for name, wf in self._workflows.items():
             await flow_store.declare_workflow_queue(connector, name, wf.queue_name)
+
+    async def _declare_schedules(self, connector: Connector) -> None:
+        """Store the schedules the served workflows declare in code (pause state
+        is kept); delete those once declared for them that the code declares no more."""
+        declared = [
+            schedules.Declared(name=wf.name, workflow=wf.name, cron=wf.schedule.cron,
+                               timezone=wf.schedule.timezone, catchup=wf.schedule.catchup,
+                               overlap=wf.schedule.overlap, catchup_limit=wf.schedule.catchup_limit)
+            for wf in self._workflows.values() if wf.schedule is not None
+        ]
+        changed, removed = await schedules.declare(connector, declared=declared, served=self.workflow_names)
+        if changed or removed:
+            telemetry.logger().info("schedule.declared", worker_id=self.worker_id, changed=changed,
+                                    removed=removed)
 
     def _resolve_workflows(self) -> dict[str, Workflow[..., Any]]:
         if self._requested is None:
@@ -285,6 +331,12 @@ class Worker:
         grace_s = self.shutdown_grace if grace is None else parse_duration(grace, what="grace")
         self._stopping = True
         self._wake.set()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        pruning, self._pruning = self._pruning, None
+        if pruning is not None:  # a batch in flight is one short transaction: cut it off
+            pruning.cancel()
+            await asyncio.gather(pruning, return_exceptions=True)
         claimer, heartbeat = self._tasks
         await asyncio.gather(claimer, return_exceptions=True)
         drivers = list(self._drivers.values())
@@ -317,6 +369,13 @@ class Worker:
             log.warning("worker.deregister_failed", worker_id=self.worker_id, error=str(err))
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+        # Background queries (cancelling child runs, checking for cancellations)
+        # are short: let them finish rather than cancel them in flight, which
+        # costs the server a cancel request (and trips some poolers).
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=1.0)
+        for task in list(self._background):
+            task.cancel()
         for extra in (self._beat, self._writes, self._connector):
             if extra is not None:
                 await extra.close()
@@ -324,8 +383,6 @@ class Worker:
         for cached in self._cache.values():
             cached.instance.evict()
         self._cache.clear()
-        for task in list(self._background):
-            task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._started = False
         log.info("worker.stopped", worker_id=self.worker_id, released=held)
@@ -371,7 +428,8 @@ class Worker:
         elif new is RunState.FINISHED:
             self.runs_finished += 1
         elif new is RunState.CANCELLED:
-            telemetry.logger().info("run.cancelled", run_id=driver.run_id, worker_id=self.worker_id)
+            telemetry.logger().info("run.cancelled", run_id=driver.run_id, workflow=driver.claimed.workflow,
+                                    worker_id=self.worker_id)
 
     def driver_done(self, driver: RunDriver) -> None:
         if self._drivers.get(driver.run_id) is driver:
@@ -528,7 +586,8 @@ class Worker:
         driver.start()
         if telemetry.debug_enabled():
             log.debug("run.claimed", run_id=run.run_id, workflow=run.workflow, worker_id=self.worker_id,
-                      replaying=len(run.log), resumed=resumed)
+                      replaying=len(run.log), resumed=resumed, claims=run.claims,
+                      waited_ms=round(run.waited * 1000, 3))
 
     # --- heartbeats --------------------------------------------------------------------
 
