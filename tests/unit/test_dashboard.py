@@ -105,6 +105,18 @@ def test_a_long_sleep_stretches_the_axis_and_short_steps_stay_visible() -> None:
     assert 0 < timeline.now_at < 1
 
 
+def test_a_long_log_draws_its_first_bars_and_what_is_still_open() -> None:
+    info = run("waiting", waiting_on="hook:last", updated_at=at(900))
+    log = [record(n, "step", "app.tick", n, n + 0.5) for n in range(1, 501)]
+    hooks = [HookState("last", 501, False, at(600), 0, 0)]
+    timeline = views.build_timeline(info, log, [], hooks, now=at(1000), max_bars=100)
+    assert [b.seq for b in timeline.bars[1:101]] == list(range(1, 101))
+    assert timeline.bars[-1].label == "hook last"
+    assert timeline.bars[-1].status == "open"
+    assert len(timeline.bars) == 102
+    assert timeline.hidden == 400
+
+
 def test_a_failed_step_carries_its_error_in_the_tooltip() -> None:
     log = [record(1, "step", "app.charge", 10, 20, status="failed", attempts=4,
                   error={"type": "ValueError", "message": "card declined"})]

@@ -59,6 +59,7 @@ from werkfluss.store import dashboard as store
 
 HERE = Path(__file__).resolve().parent
 POLL_INTERVAL_MS = 2000
+LOG_LIMIT = 1000  # records listed on a run's page (the CLI's `show --json` has them all)
 
 # Sent with every response: no framing (the action buttons cannot be
 # clickjacked), scripts and styles from this origin only.
@@ -246,7 +247,7 @@ class Dashboard:
             timeline=views.build_timeline(info, log, children, hooks, now=now),
             finished=info.status in TERMINAL, unserved=info.workflow not in served,
             version=version, can_retry=info.status in ("failed", "cancelled"),
-            version_url=self.api_url(request, run_id),
+            version_url=self.api_url(request, run_id), log_limit=LOG_LIMIT,
             done_message=DONE.get(request.query_params.get("done", "")),
         )
 

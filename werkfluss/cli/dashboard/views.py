@@ -21,6 +21,7 @@ from werkfluss.runs import TERMINAL, RunInfo, StepRecord
 from werkfluss.store.dashboard import ChildRun, HookState
 
 MIN_WIDTH = 0.4  # percent of the chart: a bar of a few microseconds stays visible
+MAX_BARS = 300  # a run with a longer log draws its first bars and says how many it left out
 
 
 # --- formatting ----------------------------------------------------------------------------
@@ -161,6 +162,7 @@ class Timeline:
     end: dt.datetime
     bars: list[Bar] = field(default_factory=list)
     now_at: float | None = None  # percent where "now" is, for a run still going
+    hidden: int = 0  # bars left out (past MAX_BARS)
     ticks: list[tuple[float, str]] = field(default_factory=list)
 
     @property
@@ -192,8 +194,13 @@ def build_timeline(
     hooks: Sequence[HookState],
     *,
     now: dt.datetime,
+    max_bars: int = MAX_BARS,
 ) -> Timeline:
-    """The run's bars, placed on one time axis from its creation to its end (or now)."""
+    """The run's bars, placed on one time axis from its creation to its end (or now).
+
+    At most ``max_bars`` bars besides the run's own: the first ones, then the
+    open ones (what the run is waiting on), so a long log stays readable.
+    """
     finished = info.status in TERMINAL
     hook_created = {h.token: h.created_at for h in hooks}
     child_by_id = {c.run_id: c for c in children}
@@ -263,7 +270,15 @@ def build_timeline(
                         status=child.status if child.finished_at else "open",
                         start=child.created_at, end=max(end, child.created_at),
                         link=child.run_id, detail=f"child run {child.run_id} ({child.status})"))
-    return _place(bars, info.created_at, now=None if finished else now)
+    hidden = 0
+    if len(bars) > max_bars + 1:
+        head = bars[:max_bars + 1]
+        tail = [b for b in bars[max_bars + 1:] if b.status == "open"][-10:]
+        hidden = len(bars) - len(head) - len(tail)
+        bars = head + tail
+    timeline = _place(bars, info.created_at, now=None if finished else now)
+    timeline.hidden = hidden
+    return timeline
 
 
 def _place(bars: list[Bar], start: dt.datetime, *, now: dt.datetime | None) -> Timeline:
