@@ -41,9 +41,11 @@ def seeded(pg_server: str) -> Iterator[str]:
             await migrate(engine.connector)
         await seed(dsn)
 
-    asyncio.run(_prepare())
-    yield dsn
-    drop_database(pg_server, dsn)
+    try:
+        asyncio.run(_prepare())
+        yield dsn
+    finally:
+        drop_database(pg_server, dsn)
 
 
 @contextmanager
