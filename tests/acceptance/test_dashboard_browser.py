@@ -97,6 +97,18 @@ def wait_for(driver: WebDriver, condition: object, message: str) -> object:
                          ignored_exceptions=(StaleElementReferenceException,)).until(condition, message)
 
 
+def click(driver: WebDriver, by: str, value: str) -> None:
+    """Click an element, again if the page's polling replaced it in between."""
+    def clicked(d: WebDriver) -> bool:
+        d.find_element(by, value).click()
+        return True
+    wait_for(driver, clicked, f"a click on {value}")
+
+
+def text_of(driver: WebDriver, by: str, value: str) -> str:
+    return str(wait_for(driver, lambda d: d.find_element(by, value).text or None, f"the text of {value}"))
+
+
 def listed(driver: WebDriver) -> set[str]:
     return {row.get_attribute("data-run-id") or "" for row in driver.find_elements(By.CSS_SELECTOR,
                                                                                  "#run-rows tr[data-run-id]")}
@@ -130,11 +142,11 @@ def test_the_dashboard_in_a_browser(browser: WebDriver, dashboard_url: str, dsn:
     # --- the run list: every run, counts by state, live -------------------------------------
     browser.get(dashboard_url)
     wait_for(browser, shows(browser, set(SEEDED)), "the seeded runs listed")
-    waiting = browser.find_element(By.CSS_SELECTOR, '.count[data-status="waiting"] .n').text
+    waiting = text_of(browser, By.CSS_SELECTOR, '.count[data-status="waiting"] .n')
     assert int(waiting) == sum(1 for state in SEEDED.values() if state == "waiting")
     sql(dsn, "SELECT werkfluss.start_run('tests.dash.unserved', '[]', 'live:1')")
     wait_for(browser, shows(browser, {*SEEDED, "live:1"}), "a new run appearing without a reload")
-    assert "live · updated" in browser.find_element(By.ID, "live-state").text
+    wait_for(browser, text_in("live-state", "live · updated"), "the list polled")
 
     # --- filters --------------------------------------------------------------------------
     Select(browser.find_element(By.ID, "filter-status")).select_by_value("failed")  # applies at once
@@ -144,13 +156,13 @@ def test_the_dashboard_in_a_browser(browser: WebDriver, dashboard_url: str, dsn:
     prefix.send_keys("fail:")
     browser.find_element(By.ID, "filter-apply").click()
     wait_for(browser, shows(browser, {"fail:1", "fail:2", "fail:3"}), "the failed runs starting with fail:")
-    browser.find_element(By.CSS_SELECTOR, '.count[data-status=""]').click()  # all states, same prefix
+    click(browser, By.CSS_SELECTOR, '.count[data-status=""]')  # all states, same prefix
     wait_for(browser, shows(browser, {"fail:1", "fail:2", "fail:3"}), "fail:N in any state")
     browser.find_element(By.LINK_TEXT, "clear").click()
     wait_for(browser, shows(browser, {*SEEDED, "live:1"}), "every run again")
 
     # --- a run and its timeline -----------------------------------------------------------
-    browser.find_element(By.LINK_TEXT, "onboard:ada").click()
+    click(browser, By.LINK_TEXT, "onboard:ada")
     wait_for(browser, expected_conditions.presence_of_element_located((By.ID, "timeline")), "the timeline")
     assert browser.find_element(By.ID, "run-status").text == "completed"
     rows = browser.find_elements(By.CSS_SELECTOR, "#timeline .tl-row[data-kind]")
@@ -214,7 +226,7 @@ def test_the_dashboard_in_a_browser(browser: WebDriver, dashboard_url: str, dsn:
     sql(dsn, "SELECT werkfluss.start_run('tests.dash.unserved', '[]', 'odd/100% sure?')")
     browser.get(dashboard_url + "runs?prefix=odd%2F")
     wait_for(browser, shows(browser, {"odd/100% sure?"}), "the odd id listed")
-    browser.find_element(By.LINK_TEXT, "odd/100% sure?").click()
+    click(browser, By.LINK_TEXT, "odd/100% sure?")
     wait_for(browser, text_in("run-id", "odd/100% sure?"), "the odd id's page")
     browser.get(dashboard_url + "workers")
     assert browser.find_elements(By.CSS_SELECTOR, '#worker-rows tr[data-state="stopped"]')
