@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Every werkfluss table a test may leave rows in (emptied before each test).
 TABLES = (
     "werkfluss.runs", "werkfluss.events", "werkfluss.queue", "werkfluss.hooks", "werkfluss.hook_payloads",
-    "werkfluss.workers", "werkfluss.schedules",
+    "werkfluss.workers", "werkfluss.schedules", "werkfluss.audit",
 )
 
 
