@@ -93,6 +93,112 @@ SELECT seq, kind, name, status, input, output, error, attempts, started_at, fini
  WHERE run_id = %(run_id)s AND kind = 'step'
  ORDER BY seq;
 
+-- name: dashboard_list_runs
+-- The most recent runs matching the dashboard's filters (no arguments or results: a list stays light).
+SELECT id AS run_id, workflow, status, parent_id, wake_at, waiting_on, deadline,
+       created_at, started_at, finished_at, updated_at,
+       error->>'type' AS error_type, left(error->>'message', 300) AS error_message
+  FROM werkfluss.runs
+ WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+   AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s::text)
+   AND (%(id_prefix)s::text IS NULL OR starts_with(id, %(id_prefix)s::text))
+   AND (%(since_seconds)s::float8 IS NULL
+        OR created_at >= now() - %(since_seconds)s::float8 * interval '1 second')
+ ORDER BY created_at DESC, id DESC
+ LIMIT %(limit)s;
+
+-- name: dashboard_count_runs
+-- Runs by status among the newest that match the filters (status aside), at most cap of them: bounded work per poll.
+SELECT status, count(*) AS runs
+  FROM (SELECT status
+          FROM werkfluss.runs
+         WHERE (%(workflow)s::text IS NULL OR workflow = %(workflow)s::text)
+           AND (%(id_prefix)s::text IS NULL OR starts_with(id, %(id_prefix)s::text))
+           AND (%(since_seconds)s::float8 IS NULL
+                OR created_at >= now() - %(since_seconds)s::float8 * interval '1 second')
+         ORDER BY created_at DESC
+         LIMIT %(cap)s) AS newest
+ GROUP BY status;
+
+-- name: dashboard_run_children
+-- A run's child runs, oldest first.
+SELECT id AS run_id, workflow, status, created_at, started_at, finished_at,
+       error->>'type' AS error_type, left(error->>'message', 300) AS error_message
+  FROM werkfluss.runs
+ WHERE parent_id = %(run_id)s
+ ORDER BY created_at, id
+ LIMIT %(limit)s;
+
+-- name: dashboard_run_hooks
+-- A run's hooks, with how many payloads each received and how many wait to be read.
+SELECT h.token, h.seq, h.multi, h.created_at,
+       count(p.id) AS received,
+       count(p.id) FILTER (WHERE p.consumed_seq IS NULL) AS unread
+  FROM werkfluss.hooks h
+  LEFT JOIN werkfluss.hook_payloads p ON p.token = h.token
+ WHERE h.run_id = %(run_id)s
+ GROUP BY h.token, h.seq, h.multi, h.created_at
+ ORDER BY h.seq;
+
+-- name: dashboard_run_holder
+-- A live run's queue row: the worker holding it and until when its heartbeat vouches for it.
+SELECT q.worker_id, q.lease_id IS NOT NULL AS held, q.claims,
+       CASE WHEN q.available_at = 'infinity' THEN NULL ELSE q.available_at END AS due_at,
+       w.host, w.pid, w.state AS worker_state, w.heartbeat_at,
+       w.heartbeat_at + make_interval(secs => w.lease_seconds) AS lease_expires_at
+  FROM werkfluss.queue q
+  LEFT JOIN werkfluss.workers w ON w.id = q.worker_id AND q.lease_id IS NOT NULL
+ WHERE q.run_id = %(run_id)s;
+
+-- name: dashboard_run_version
+-- What changes when anything on a run's page would: its row, its log, its children, payloads, actions.
+SELECT r.status, r.updated_at,
+       (SELECT count(*) FROM werkfluss.events e WHERE e.run_id = r.id) AS records,
+       (SELECT max(c.updated_at) FROM werkfluss.runs c WHERE c.parent_id = r.id) AS children_at,
+       (SELECT count(*) FROM werkfluss.hooks h JOIN werkfluss.hook_payloads p ON p.token = h.token
+         WHERE h.run_id = r.id) AS payloads,
+       (SELECT count(*) FROM werkfluss.audit a WHERE a.run_id = r.id) AS actions
+  FROM werkfluss.runs r
+ WHERE r.id = %(run_id)s;
+
+-- name: dashboard_send
+-- Send through the public function (werkfluss_client may); the hook as it was before says what happened.
+SELECT werkfluss.send(%(token)s, %(payload)s::jsonb) AS accepted,
+       h.run_id AS hook_run, r.status AS run_status
+  FROM (SELECT 1) AS one
+  LEFT JOIN werkfluss.hooks h ON h.token = %(token)s
+  LEFT JOIN werkfluss.runs r ON r.id = h.run_id;
+
+-- name: audit_record
+-- Record an action taken through the dashboard.
+INSERT INTO werkfluss.audit (action, run_id, detail, client)
+VALUES (%(action)s, %(run_id)s, %(detail)s::jsonb, %(client)s)
+RETURNING id, at;
+
+-- name: audit_list
+-- The newest audit records, of one run or of all.
+SELECT id, at, action, run_id, detail, client
+  FROM werkfluss.audit
+ WHERE %(run_id)s::text IS NULL OR run_id = %(run_id)s::text
+ ORDER BY at DESC, id DESC
+ LIMIT %(limit)s;
+
+-- name: dashboard_privileges
+-- What the connected role may read and do, checked when the dashboard starts.
+SELECT current_user AS role,
+       has_table_privilege('werkfluss.runs', 'SELECT') AS select_runs,
+       has_table_privilege('werkfluss.events', 'SELECT') AS select_events,
+       has_table_privilege('werkfluss.queue', 'SELECT') AS select_queue,
+       has_table_privilege('werkfluss.hooks', 'SELECT') AS select_hooks,
+       has_table_privilege('werkfluss.hook_payloads', 'SELECT') AS select_hook_payloads,
+       has_table_privilege('werkfluss.workers', 'SELECT') AS select_workers,
+       has_table_privilege('werkfluss.pending_reasons', 'SELECT') AS select_pending_reasons,
+       has_table_privilege('werkfluss.audit', 'SELECT') AS select_audit,
+       has_table_privilege('werkfluss.audit', 'INSERT') AS insert_audit,
+       has_function_privilege('werkfluss.cancel_run(text)', 'EXECUTE') AS execute_cancel_run,
+       has_function_privilege('werkfluss.retry_run(text)', 'EXECUTE') AS execute_retry_run,
+       has_function_privilege('werkfluss.send(text, jsonb)', 'EXECUTE') AS execute_send;
+
 -- name: claim_runs
 -- Lease up to %(limit)s due runs of the given workflows to this worker, within
 -- the limits of their queues, and mark them running: one statement, one

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Every werkfluss table a test may leave rows in (emptied before each test).
 TABLES = (
     "werkfluss.runs", "werkfluss.events", "werkfluss.queue", "werkfluss.hooks", "werkfluss.hook_payloads",
-    "werkfluss.workers", "werkfluss.schedules", "werkfluss.queues", "werkfluss.workflow_queues",
-    "werkfluss.rate_limits",
+    "werkfluss.workers", "werkfluss.schedules", "werkfluss.audit", "werkfluss.queues",
+    "werkfluss.workflow_queues", "werkfluss.rate_limits",
 )
 
 

@@ -586,3 +586,23 @@ def test_the_client_role_starts_runs_with_the_flow_options(dsn: str) -> None:
                     " WHERE id = %s", [run_id]) == [("tests.flow.client", "k", 3, True)]
     assert len(set(debounced)) == 1
     assert sql_value(dsn, "SELECT args FROM werkfluss.runs WHERE id = %s", [debounced[0]]) == ["2"]
+
+
+def test_the_dashboard_shows_a_run_s_queue_and_why_it_waits(dsn: str) -> None:
+    from starlette.testclient import TestClient
+
+    from werkfluss.cli.dashboard.app import create_app
+
+    sql(dsn, "SELECT werkfluss.declare_queue('tests.flow.dash', per_key => 1)")
+    first, second = (sql_value(dsn, "SELECT werkfluss.start_run('tests.flow.plain', '[]',"
+                                    " queue => 'tests.flow.dash', concurrency_key => 'k', priority => 2)")
+                     for _ in range(2))
+    sql(dsn, "SELECT (run).id FROM werkfluss._claim(ARRAY['tests.flow.plain'], 5, 'dash-worker')")
+    with TestClient(create_app(Engine(dsn, pool_size=2), owns_engine=True)) as client:
+        page = client.get(f"/runs/{second}")
+    assert page.status_code == 200
+    assert "tests.flow.dash" in page.text
+    assert "key k" in page.text
+    assert "priority 2" in page.text
+    assert "key k at 1/1" in page.text
+    assert first != second

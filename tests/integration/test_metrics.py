@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from werkfluss import ConfigurationError, Engine, FatalError, InvalidArgument, step, workflow
+from werkfluss import (
+    ConfigurationError,
+    Engine,
+    FatalError,
+    InvalidArgument,
+    Queue,
+    StartOptions,
+    step,
+    workflow,
+)
 from werkfluss.worker.metrics import WorkerMetrics
 
 from ..helpers import WorkerProcess, sql, wait_until
@@ -227,3 +236,25 @@ def test_a_worker_process_refuses_a_busy_metrics_port(dsn: str, tmp_path: Path) 
             assert f"werkfluss worker: cannot serve metrics on 127.0.0.1:{port}" in proc.output()
         finally:
             proc.close()
+
+
+async def test_the_queue_gauges_count_a_queue_s_runs_against_its_limits(engine: Engine, dsn: str) -> None:
+    await engine.declare_queue(Queue("tests.metrics.flow", concurrency=5, per_key=1))
+    for _ in range(3):
+        await engine.start("tests.metrics.nobody_serves_this", options=StartOptions(
+            queue="tests.metrics.flow", concurrency_key="k"))
+    await engine.start("tests.metrics.nobody_serves_this", options=StartOptions(
+        queue="tests.metrics.flow", delay="1h"))
+    sql(dsn, "SELECT count(*) FROM werkfluss._claim(ARRAY['tests.metrics.nobody_serves_this'], 5, 'probe')")
+    worker = engine.worker(workflows=[work])
+    async with WorkerMetrics(worker, sample_interval="100ms") as metrics, worker:
+        await metrics.sample()
+        host, port = metrics.serve(0)
+        samples = await asyncio.to_thread(scrape, f"http://{host}:{port}/metrics")
+    labels = {"queue": "tests.metrics.flow"}
+    assert value(samples, "werkfluss_flow_queue_running", **labels) == 1
+    assert value(samples, "werkfluss_flow_queue_concurrency", **labels) == 5
+    assert value(samples, "werkfluss_flow_queue_keys_at_limit", **labels) == 1
+    assert value(samples, "werkfluss_flow_queue_waiting", state="parked", **labels) == 2
+    assert value(samples, "werkfluss_flow_queue_waiting", state="scheduled", **labels) == 1
+    assert value(samples, "werkfluss_flow_queue_waiting", state="ready", **labels) == 0

@@ -5,6 +5,7 @@
     werkfluss workers | prune [--older-than 14d] [--dry-run]
     werkfluss schedules [list | pause NAME | resume NAME | trigger NAME | delete NAME]
     werkfluss queues [--json]
+    werkfluss dashboard [--port 8080] [--host 127.0.0.1] [--token TOKEN]
 
 Every command takes ``--dsn`` (default: ``$WERKFLUSS_DATABASE_URL``, else the
 embedded PostgreSQL). Errors print one line to stderr and exit with status 1.
@@ -25,12 +26,13 @@ from typing import Any
 
 from werkfluss import telemetry
 from werkfluss.cli import database, queues, retention, runs, schedules, workers
+from werkfluss.cli.dashboard import serve as dashboard
 from werkfluss.engine import Engine
 from werkfluss.errors import WerkflussError
 
 # The modules whose subcommands `werkfluss` offers, in the order of its help.
 # A new concept's commands: a module with `register(sub, common)`, added here.
-COMMAND_MODULES: tuple[Any, ...] = (runs, workers, retention, schedules, queues)
+COMMAND_MODULES: tuple[Any, ...] = (runs, workers, retention, schedules, queues, dashboard)
 
 DESCRIPTION = "Operate werkfluss: durable workflows that live in PostgreSQL."
 EPILOG = ("Durations take units: 400ms, 30s, 5m, 1h, 14d (a bare number is seconds). "

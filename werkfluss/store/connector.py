@@ -56,7 +56,10 @@ READ_ONLY = frozenset({
     "get_run", "list_runs", "list_events", "list_steps", "read_logs", "run_inputs", "next_due", "queue_depth",
     "schema_state", "worker_held_runs", "list_workers", "migrations_applied", "migrations_table_exists",
     "run_lease", "count_prunable", "served_workflows",
-    "due_schedules", "next_schedule_tick", "list_schedules", "get_schedule", "list_queues",
+    "due_schedules", "next_schedule_tick", "list_schedules", "get_schedule",
+    "dashboard_list_runs", "dashboard_count_runs", "dashboard_run_children", "dashboard_run_hooks",
+    "dashboard_run_holder", "dashboard_run_version", "dashboard_privileges", "audit_list",
+    "list_queues",
 })
 
 # SQLSTATEs after which the same transaction is expected to succeed when run again.

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from werkfluss import telemetry
 from werkfluss.durations import Duration, parse_duration
 from werkfluss.errors import ConfigurationError, DatabaseError, InvalidArgument
+from werkfluss.store import flow as flow_store
 
 if TYPE_CHECKING:
     from werkfluss.worker.worker import Worker
@@ -116,6 +117,18 @@ class WorkerMetrics:
             "werkfluss_queue_oldest_due_seconds",
             "How long the oldest due, unclaimed run of each workflow has been waiting", ["workflow"],
             registry=r)
+        self.flow_running = gauge("werkfluss_flow_queue_running",
+                                  "Runs of a queue holding a worker (what its limits count)", ["queue"],
+                                  registry=r)
+        self.flow_limit = gauge("werkfluss_flow_queue_concurrency",
+                                "A queue's concurrency limit (queues with one)", ["queue"], registry=r)
+        self.flow_waiting = gauge(
+            "werkfluss_flow_queue_waiting",
+            "Runs of a queue waiting: ready (for a slot or a worker), parked (their key at its limit), "
+            "scheduled (a delayed or debounced start)", ["queue", "state"], registry=r)
+        self.flow_keys_at_limit = gauge("werkfluss_flow_queue_keys_at_limit",
+                                        "Concurrency keys of a queue with per_key runs holding a worker",
+                                        ["queue"], registry=r)
         self.queue_sampled = gauge("werkfluss_queue_sampled_timestamp_seconds",
                                    "When the queue gauges were last sampled (Unix time)", registry=r)
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -245,6 +258,13 @@ class WorkerMetrics:
             self.queue_depth.labels(workflow).set(row["due"])
             self.queue_oldest.labels(workflow).set(max(float(row["oldest_due_s"] or 0), 0.0))
         self._seen_workflows |= current.keys()
+        for queue in await flow_store.list_queues(self.worker.connector):
+            self.flow_running.labels(queue.name).set(queue.running)
+            if queue.concurrency is not None:
+                self.flow_limit.labels(queue.name).set(queue.concurrency)
+            for state in ("ready", "parked", "scheduled"):
+                self.flow_waiting.labels(queue.name, state).set(getattr(queue, state))
+            self.flow_keys_at_limit.labels(queue.name).set(queue.keys_at_limit)
         self.queue_sampled.set_to_current_time()
 
     async def _sample_loop(self) -> None:
