@@ -606,3 +606,12 @@ def test_the_dashboard_shows_a_run_s_queue_and_why_it_waits(dsn: str) -> None:
     assert "priority 2" in page.text
     assert "key k at 1/1" in page.text
     assert first != second
+
+
+def test_a_schedule_s_runs_go_to_the_queue_of_their_workflow(dsn: str) -> None:
+    sql(dsn, "SELECT werkfluss.declare_queue('tests.flow.nightly', concurrency => 1)")
+    sql(dsn, "SELECT werkfluss._declare_workflow_queue('tests.flow.plain', 'tests.flow.nightly')")
+    sql(dsn, "SELECT werkfluss.create_schedule('flow-nightly', 'tests.flow.plain', '0 2 * * *')")
+    run_id = sql_value(dsn, "SELECT werkfluss.trigger_schedule('flow-nightly')")
+    assert sql(dsn, "SELECT r.queue_name, q.queue_name FROM werkfluss.runs r JOIN werkfluss.queue q"
+                    " ON q.run_id = r.id WHERE r.id = %s", [run_id]) == [("tests.flow.nightly",) * 2]
