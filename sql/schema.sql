@@ -1640,7 +1640,9 @@ CREATE INDEX queue_key_ready_idx ON werkfluss.queue USING btree (queue_name, con
 
 CREATE INDEX queue_lease_expiry_idx ON werkfluss.queue USING btree (available_at) WHERE ((lease_id IS NOT NULL) AND (available_at < 'infinity'::timestamp with time zone));
 
-CREATE INDEX queue_line_idx ON werkfluss.queue USING btree (queue_name, sort_at) WHERE (ready AND (NOT parked));
+CREATE INDEX queue_line_idx ON werkfluss.queue USING btree (sort_at) WHERE (ready AND (NOT parked) AND (queue_name IS NULL));
+
+CREATE INDEX queue_line_queued_idx ON werkfluss.queue USING btree (queue_name, sort_at) WHERE (ready AND (NOT parked) AND (queue_name IS NOT NULL));
 
 CREATE INDEX queue_parked_idx ON werkfluss.queue USING btree (queue_name, concurrency_key, sort_at) WHERE parked;
 

@@ -95,8 +95,13 @@ ALTER TABLE werkfluss.queue
 
 UPDATE werkfluss.queue SET ready = false WHERE available_at > now() OR lease_id IS NOT NULL;
 
--- The line: ready runs not parked, per queue (NULL: no queue), in order.
-CREATE INDEX queue_line_idx ON werkfluss.queue (queue_name, sort_at) WHERE ready AND NOT parked;
+-- The line: ready runs not parked, in order; for runs in no queue, and per
+-- queue. (Two indexes: a btree orders by sort_at under "queue_name = x",
+-- not under "queue_name IS NULL".)
+CREATE INDEX queue_line_idx ON werkfluss.queue (sort_at)
+    WHERE ready AND NOT parked AND queue_name IS NULL;
+CREATE INDEX queue_line_queued_idx ON werkfluss.queue (queue_name, sort_at)
+    WHERE ready AND NOT parked AND queue_name IS NOT NULL;
 -- Runs waiting for their time (sleeps, delayed starts) and for events
 -- ('infinity'): the claim lets in those now due; next_due reads the first.
 DROP INDEX werkfluss.queue_available_at_idx;
