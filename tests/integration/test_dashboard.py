@@ -8,17 +8,19 @@ runs of its own (``hold:N``, ``fail:N``).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from html import unescape
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
-from werkfluss import Engine
+from werkfluss import Engine, Queue, StartOptions
 from werkfluss.cli.dashboard.app import create_app
 from werkfluss.errors import ConfigurationError
 from werkfluss.store.migrations import migrate
@@ -515,13 +517,142 @@ def test_an_oversized_or_malformed_body_is_refused(operator: TestClient) -> None
     assert operator.get("/actions/cancel").status_code == 405
 
 
+# --- queues and schedules ----------------------------------------------------------------------
+
+EXPORTS = Queue("tests.dash.exports", concurrency=3, worker_concurrency=10, rate_limit="100/min")
+
+
+@pytest.fixture(scope="module")
+def flow(pg_server: str) -> Iterator[str]:
+    """A database of its own (the run list's tests count every run): five runs in
+    a queue limited to three at once, three of them holding a worker; two
+    schedules, one of them paused, and one broken."""
+    dsn = create_database(pg_server, prefix="werkfluss_dash_flow")
+
+    async def _prepare() -> None:
+        async with Engine(dsn) as engine:
+            await migrate(engine.connector)
+            for n in range(5):
+                await engine.start("tests.dash.export", n, run_id=f"export:{n}",
+                                   options=StartOptions(queue=EXPORTS))
+            await engine.schedule("tests.dash.report", "0 3 * * *", name="nightly-report",
+                                  timezone="Europe/Berlin")
+            await engine.schedule("tests.dash.report", "*/5 * * * *", name="paused-report")
+            await engine.pause_schedule("paused-report")
+            await engine.schedule("tests.dash.report", "0 4 * * *", name="broken-report")
+
+    try:
+        asyncio.run(_prepare())
+        # The claim the workers make: the queue's limit lets three of the five take a worker.
+        claimed = sql(dsn, "SELECT (c.run).id"
+                           "  FROM werkfluss._claim(ARRAY['tests.dash.export'], 10, 'w-test') c")
+        assert len(claimed) == 3
+        sql(dsn, "UPDATE werkfluss.schedules SET error = 'the workflow tests.dash.report is gone'"
+                 " WHERE name = 'broken-report'")
+        yield dsn
+    finally:
+        drop_database(pg_server, dsn)
+
+
+def queue_row(html: str, name: str) -> str:
+    match = re.search(rf'<tr data-queue="{re.escape(name)}">(.*?)</tr>', html, re.DOTALL)
+    assert match, f"no row for queue {name} in {html}"
+    return match[1]
+
+
+def schedule_row(html: str, name: str) -> str:
+    pattern = rf'<tr data-schedule="{re.escape(name)}" data-state="(\w+)">(.*?)</tr>'
+    match = re.search(pattern, html, re.DOTALL)
+    assert match, f"no row for schedule {name} in {html}"
+    return f"{match[1]} {match[2]}"
+
+
+def test_the_queues_page_shows_the_runs_holding_a_worker_against_the_limit(flow: str) -> None:
+    with dashboard(flow) as client:
+        page = client.get("/queues")
+        assert page.status_code == 200
+        assert 'class="current">Queues</a>' in page.text
+        row = queue_row(page.text, "tests.dash.exports")
+        assert re.search(r'class="num held">3/3<', row)
+        assert re.search(r'class="num depth">2<', row)  # the two runs the limit keeps waiting
+        assert "100 per 1m 00s" in row
+        data = client.get("/api/queues").json()
+    (exports,) = [q for q in data["queues"] if q["name"] == "tests.dash.exports"]
+    assert (exports["concurrency"], exports["running"], exports["ready"], exports["depth"]) == (3, 3, 2, 2)
+    assert (exports["worker_concurrency"], exports["rate_limit"], exports["rate_period"]) == (10, 100, 60.0)
+    assert 0 < exports["tokens"] <= 97.5  # three starts taken from a full bucket of 100
+    assert re.search(r'class="num held">3/3<', queue_row(data["html"]["queue_rows"], "tests.dash.exports"))
+
+
+def test_the_queue_list_follows_the_queue_on_each_poll(flow: str) -> None:
+    def exports(client: TestClient) -> dict[str, Any]:
+        data = client.get("/api/queues").json()
+        (queue,) = [q for q in data["queues"] if q["name"] == "tests.dash.exports"]
+        assert f'class="num depth">{queue["depth"]}<' in queue_row(data["html"]["queue_rows"], queue["name"])
+        return dict(queue)
+
+    with dashboard(flow) as client:
+        before = exports(client)
+        sql(flow, "SELECT werkfluss.start_run('tests.dash.export', '[5]', run_id => 'export:5',"
+                  " queue => 'tests.dash.exports')")
+        try:
+            assert exports(client)["depth"] == before["depth"] + 1
+        finally:
+            sql(flow, "SELECT werkfluss.cancel_run('export:5')")
+        assert exports(client)["depth"] == before["depth"]
+
+
+def test_the_schedules_page_shows_the_next_tick_the_state_and_the_error(flow: str) -> None:
+    with dashboard(flow) as client:
+        page = client.get("/schedules")
+        assert page.status_code == 200
+        assert 'class="current">Schedules</a>' in page.text
+        data = client.get("/api/schedules").json()
+    schedules = {s["name"]: s for s in data["schedules"]}
+    assert set(schedules) == {"nightly-report", "paused-report", "broken-report"}
+    nightly = schedules["nightly-report"]
+    assert (nightly["cron"], nightly["timezone"], nightly["paused"]) == ("0 3 * * *", "Europe/Berlin", False)
+    assert nightly["next_tick"] is not None
+    next_tick = dt.datetime.fromisoformat(nightly["next_tick"]).astimezone(ZoneInfo("Europe/Berlin"))
+    assert (next_tick.hour, next_tick.minute) == (3, 0)
+    row = schedule_row(page.text, "nightly-report")
+    assert row.startswith("active ")
+    assert f'<time datetime="{nightly["next_tick"]}">' in row
+    assert "no run yet" in row
+    paused = schedule_row(page.text, "paused-report")
+    assert paused.startswith("paused ")
+    assert "none while paused" in paused
+    assert schedules["paused-report"]["next_tick"] is None
+    broken = schedule_row(page.text, "broken-report")
+    assert broken.startswith("broken ")
+    assert "the workflow tests.dash.report is gone" in broken
+    assert set(schedules) == {n for n in ("nightly-report", "paused-report", "broken-report")
+                              if f'data-schedule="{n}"' in data["html"]["schedule_rows"]}
+
+
+def test_a_schedules_last_run_links_to_its_page_with_its_status(flow: str) -> None:
+    run_id = sql_value(flow, "SELECT werkfluss.trigger_schedule('nightly-report')")
+    with dashboard(flow) as client:
+        row = schedule_row(client.get("/schedules").text, "nightly-report")
+        assert f'<a href="/runs/{run_id}">{run_id}</a>' in row
+        assert '<span class="pill status-pending">pending</span>' in row
+        assert client.get(f"/runs/{run_id}").status_code == 200
+
+
+def test_the_queue_and_schedule_pages_offer_no_actions(flow: str) -> None:
+    with dashboard(flow, token=TOKEN) as client:
+        for path in ("/queues", "/schedules"):
+            assert "data-action" not in client.get(path).text
+
+
 # --- its database role -------------------------------------------------------------------------
 
 
 def test_the_dashboard_works_with_exactly_the_documented_grants(seeded: str) -> None:
     with dashboard_role(seeded, actions=True) as role_dsn, dashboard(role_dsn, token=TOKEN) as client:
         for path in ("/runs", "/api/runs?status=waiting&age=1h", "/runs/onboard:ada", "/runs/parent:eve",
-                     "/runs/nap:dee", "/api/runs/onboard:bob", "/workers", "/api/workers", "/audit"):
+                     "/runs/nap:dee", "/api/runs/onboard:bob", "/workers", "/api/workers", "/audit",
+                     "/queues", "/api/queues", "/schedules", "/api/schedules"):
             assert client.get(path).status_code == 200, path
         cancel = client.post("/actions/cancel", json={"run_id": "hold:6"}, headers=WITH_TOKEN)
         assert cancel.status_code == 200
@@ -539,6 +670,8 @@ def test_a_read_only_dashboard_needs_only_the_read_grants(seeded: str) -> None:
         with dashboard(role_dsn) as client:
             assert client.get("/runs/onboard:ada").status_code == 200
             assert client.get("/workers").status_code == 200
+            assert client.get("/api/queues").status_code == 200
+            assert client.get("/api/schedules").status_code == 200
         with pytest.raises(ConfigurationError) as refused, dashboard(role_dsn, token=TOKEN):
             pass
     message = str(refused.value)

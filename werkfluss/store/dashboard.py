@@ -231,6 +231,9 @@ READ_GRANTS = {
     "select_workers": "SELECT on werkfluss.workers",
     "select_pending_reasons": "SELECT on werkfluss.pending_reasons",
     "select_audit": "SELECT on werkfluss.audit",
+    "select_queues": "SELECT on werkfluss.queues",
+    "select_rate_limits": "SELECT on werkfluss.rate_limits",
+    "select_schedules": "SELECT on werkfluss.schedules",
 }
 #: What its actions need besides.
 ACTION_GRANTS = {

@@ -1,4 +1,4 @@
-"""``werkfluss dashboard``: a web UI for runs, their timelines, and workers.
+"""``werkfluss dashboard``: a web UI for runs, their timelines, workers, queues and schedules.
 
     werkfluss dashboard [--port 8080] [--host 127.0.0.1] [--token TOKEN]
 

@@ -2,7 +2,8 @@
 
 A Starlette app with server-rendered Jinja2 templates and a little vanilla
 JavaScript (``static/dashboard.js``): no build step. It reads through the
-engine (``handle.info()``, ``handle.log()``, ``engine.workers()``) and the
+engine (``handle.info()``, ``handle.log()``, ``engine.workers()``,
+``engine.queues()``, ``engine.schedules()``) and the
 dashboard's store verbs (:mod:`werkfluss.store.dashboard`), and acts through
 ``engine.cancel``/``engine.retry`` and the public ``werkfluss.send()``.
 
@@ -16,6 +17,8 @@ Routes:
     GET  /runs/{run_id}        one run: timeline, waits, log, inputs, outputs, errors
     GET  /api/runs/{run_id}    the run's state as JSON (the page reloads when it changes)
     GET  /workers, /api/workers
+    GET  /queues, /api/queues        every queue: its limits, runs holding a worker, depth
+    GET  /schedules, /api/schedules  every schedule: next tick, last run, paused or broken
     GET  /audit                the actions taken through the dashboard
     POST /actions/cancel, /actions/retry, /actions/send   (token required; see guard.py)
 """
@@ -272,9 +275,32 @@ class Dashboard:
     async def workers_api(self, request: Request) -> Response:
         workers = await self.engine.workers(recent="24h")
         return JSONResponse({
-            "workers": [{k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in w.__dict__.items()}
-                        for w in workers],
+            "workers": [_plain(w) for w in workers],
             "html": {"worker_rows": self.fragment(request, "worker_rows", workers=workers)},
+        })
+
+    # --- queues and schedules ---------------------------------------------------------
+
+    async def queues_page(self, request: Request) -> Response:
+        queues = await self.engine.queues()
+        return self.render(request, "queues.html", queues=queues, title="Queues")
+
+    async def queues_api(self, request: Request) -> Response:
+        queues = await self.engine.queues()
+        return JSONResponse({
+            "queues": [{**_plain(q), "depth": q.depth} for q in queues],
+            "html": {"queue_rows": self.fragment(request, "queue_rows", queues=queues)},
+        })
+
+    async def schedules_page(self, request: Request) -> Response:
+        found = await self.engine.schedules()
+        return self.render(request, "schedules.html", schedules=found, title="Schedules")
+
+    async def schedules_api(self, request: Request) -> Response:
+        found = await self.engine.schedules()
+        return JSONResponse({
+            "schedules": [_plain(s) for s in found],
+            "html": {"schedule_rows": self.fragment(request, "schedule_rows", schedules=found)},
         })
 
     async def audit_page(self, request: Request) -> Response:
@@ -292,8 +318,13 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _plain(value: Any) -> dict[str, Any]:
+    """A dataclass instance's fields as JSON-ready values (timestamps as ISO 8601)."""
+    return {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in value.__dict__.items()}
+
+
 def _summary_json(run: store.RunSummary, *, served: set[str]) -> dict[str, Any]:
-    out = {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in run.__dict__.items()}
+    out = _plain(run)
     out["unserved"] = run.status == "pending" and run.workflow not in served
     return out
 
@@ -355,6 +386,10 @@ def create_app(engine: Engine, *, token: str | None = None, owns_engine: bool = 
         Route("/api/runs/{run_id:path}", dashboard.run_api, name="run_api"),
         Route("/workers", dashboard.workers_page, name="workers"),
         Route("/api/workers", dashboard.workers_api, name="workers_api"),
+        Route("/queues", dashboard.queues_page, name="queues"),
+        Route("/api/queues", dashboard.queues_api, name="queues_api"),
+        Route("/schedules", dashboard.schedules_page, name="schedules"),
+        Route("/api/schedules", dashboard.schedules_api, name="schedules_api"),
         Route("/audit", dashboard.audit_page, name="audit"),
         Route("/actions/cancel", dashboard.actions.cancel, methods=["POST"], name="cancel"),
         Route("/actions/retry", dashboard.actions.retry, methods=["POST"], name="retry"),
