@@ -69,7 +69,10 @@ class Settings:
         return cls(
             faults=faults,
             seconds=seconds,
-            runs=_env_int("WERKFLUSS_CHAOS_RUNS", max(500, round(45 * seconds))),
+            # 20 top-level runs a second is what 4 workers x 16 drain on 2 cores while
+            # being hit (a 120 s soak: ~180 step bodies/s); at 45/s a long soak only
+            # measures the backlog, not whether a run is ever stranded.
+            runs=_env_int("WERKFLUSS_CHAOS_RUNS", max(500, round(20 * seconds))),
             workers=_env_int("WERKFLUSS_CHAOS_WORKERS", 4),
             concurrency=_env_int("WERKFLUSS_CHAOS_CONCURRENCY", 16),
             lease=_env_float("WERKFLUSS_CHAOS_LEASE", 2.0),
