@@ -145,6 +145,8 @@ WITH (fillfactor='80');
 
 CREATE FUNCTION werkfluss._claim(workflows text[], lim integer, worker text) RETURNS TABLE(run werkfluss.runs, lease_id uuid, claims integer, previous_lease_id uuid, previous_worker_id text, waited_s double precision, wakeups integer, inbox jsonb, children jsonb, db_now timestamp with time zone, has_log boolean)
     LANGUAGE plpgsql
+    SET enable_bitmapscan TO 'off'
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
