@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -186,14 +187,9 @@ def self_takeovers(data: Collected) -> dict[str, list[tuple[float, int]]]:
     """run -> (when, pid) of every ``worker.lease_taken_over`` in which a worker took a run
     over from itself: its lease had expired while it was still executing the run."""
     found: dict[str, list[tuple[float, int]]] = {}
-    for worker in data.workers:
-        shift = skew_seconds(worker["skew"])
-        for event in read_log(Path(worker["log"])):
-            if event.get("event") == "worker.lease_taken_over" \
-                    and event.get("previous_worker_id") == event.get("worker_id"):
-                stamp = log_time(event)
-                if stamp is not None and isinstance(event.get("run_id"), str):
-                    found.setdefault(event["run_id"], []).append((stamp - shift, worker["pid"]))
+    for pid, event, stamp in worker_events(data, "worker.lease_taken_over"):
+        if event.get("previous_worker_id") == event.get("worker_id") and isinstance(event.get("run_id"), str):
+            found.setdefault(event["run_id"], []).append((stamp, pid))
     return found
 
 
@@ -669,22 +665,27 @@ def _sessions(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 GRACE = {"kill": 0.0, "cancel": 1.0}  # others: a lease + 1 s (a cut-off worker may go on until it notices)
 
 
+def worker_events(data: Collected, name: str) -> Iterator[tuple[int, dict[str, Any], float]]:
+    """(pid, event, time) for every ``name`` event the workers logged, times corrected
+    for a skewed worker's clock."""
+    for worker in data.workers:
+        shift = skew_seconds(worker["skew"])
+        for event in read_log(Path(worker["log"])):
+            if event.get("event") == name:
+                stamp = log_time(event)
+                if stamp is not None:
+                    yield worker["pid"], event, stamp - shift
+
+
 def dropped_as_cancelled(data: Collected) -> dict[tuple[int, str], list[float]]:
     """(pid, run) -> when that worker logged ``run.cancelled`` for a run the test never
     cancelled (nor any of its ancestors); times corrected for a skewed worker's clock."""
     cancelled = set(data.cancels)
     found: dict[tuple[int, str], list[float]] = {}
-    for worker in data.workers:
-        shift = skew_seconds(worker["skew"])
-        for event in read_log(Path(worker["log"])):
-            run_id = event.get("run_id")
-            if event.get("event") != "run.cancelled" or not isinstance(run_id, str):
-                continue
-            if run_id.split(":")[0] in cancelled:
-                continue
-            stamp = log_time(event)
-            if stamp is not None:
-                found.setdefault((worker["pid"], run_id), []).append(stamp - shift)
+    for pid, event, stamp in worker_events(data, "run.cancelled"):
+        run_id = event.get("run_id")
+        if isinstance(run_id, str) and run_id.split(":")[0] not in cancelled:
+            found.setdefault((pid, run_id), []).append(stamp)
     return found
 
 
@@ -693,13 +694,8 @@ def reaped_at(data: Collected) -> dict[int, list[float]]:
     whole lease by the database's clock (a starved machine can do that with no
     injected fault), so its runs were given away; times corrected for skew."""
     found: dict[int, list[float]] = {}
-    for worker in data.workers:
-        shift = skew_seconds(worker["skew"])
-        for event in read_log(Path(worker["log"])):
-            if event.get("event") == "worker.reaped":
-                stamp = log_time(event)
-                if stamp is not None:
-                    found.setdefault(worker["pid"], []).append(stamp - shift)
+    for pid, _, stamp in worker_events(data, "worker.reaped"):
+        found.setdefault(pid, []).append(stamp)
     return found
 
 
