@@ -70,7 +70,7 @@ class WorkflowTask(asyncio.Task):
     """
 
     def __init__(self, coro: Any, *, loop: WorkflowLoop, order: int, **kwargs: Any) -> None:
-        self._hash = loop.salt << _ORDER_BITS | order
+        self._hash = loop.hash_for(order)
         super().__init__(coro, loop=loop, **kwargs)
 
     def __hash__(self) -> int:
@@ -81,7 +81,7 @@ class WorkflowFuture(asyncio.Future):
     """A future of workflow code, hashed by its creation order (see :class:`WorkflowTask`)."""
 
     def __init__(self, *, loop: WorkflowLoop, order: int) -> None:
-        self._hash = loop.salt << _ORDER_BITS | order
+        self._hash = loop.hash_for(order)
         super().__init__(loop=loop)
 
     def __hash__(self) -> int:
@@ -162,6 +162,10 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     def time(self) -> float:
         return self.instance.workflow_time.timestamp()
+
+    def hash_for(self, order: int) -> int:
+        """The hash of this loop's ``order``-th task or future (see :class:`WorkflowTask`)."""
+        return self.salt << _ORDER_BITS | order
 
     def create_future(self) -> asyncio.Future[Any]:
         self._created += 1
