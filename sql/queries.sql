@@ -205,16 +205,18 @@ SELECT current_user AS role,
 -- name: claim_runs
 -- Lease up to %(limit)s due runs of the given workflows to this worker, within
 -- the limits of their queues, and mark them running: one statement, one
--- round trip (werkfluss._claim). A held run's available_at is 'infinity' (the
--- worker's heartbeat keeps it; no renewals); claims counts every claim, so a
--- worker that kept the run in its cache knows whether anyone else ran it
+-- round trip (werkfluss._claim_runs). A held run's available_at is 'infinity'
+-- (the worker's heartbeat keeps it; no renewals); claims counts every claim,
+-- so a worker that kept the run in its cache knows whether anyone else ran it
 -- since. Returns what may unblock each run, how long it was due before this
--- claim (the claim latency) and the server's clock (the worker's one clock).
+-- claim (the claim latency), the server's clock (the worker's one clock) and,
+-- when fewer than %(limit)s were leased, the seconds until the next run is due
+-- (next_due); leasing none, one row with run_id NULL that carries them.
 SELECT (c.run).id AS run_id, (c.run).workflow, (c.run).args, (c.run).kwargs, (c.run).deadline,
        (c.run).parent_id, (c.run).started_at, (c.run).traceparent,
        c.lease_id, c.claims, c.previous_lease_id, c.previous_worker_id, c.waited_s,
-       c.wakeups, c.inbox, c.children, c.db_now, c.has_log
-  FROM werkfluss._claim(%(workflows)s::text[], %(limit)s, %(worker_id)s) AS c;
+       c.wakeups, c.inbox, c.children, c.db_now, c.has_log, c.next_due
+  FROM werkfluss._claim_runs(%(workflows)s::text[], %(limit)s, %(worker_id)s) AS c;
 
 -- name: read_logs
 -- The logs of runs a worker claimed and has not in its cache.
@@ -227,34 +229,6 @@ SELECT run_id, seq, kind, name, status, input, output, error, attempts, started_
 -- What may have unblocked a run this worker holds: its undelivered hook
 -- payloads, its ended and undelivered children, and the wake-up count.
 SELECT wakeups, inbox, children FROM werkfluss._run_inputs(%(run_id)s);
-
--- name: next_due
--- Seconds (by the server's clock) until the next run of these workflows
--- becomes claimable (a sleep ending, a delayed start, the next token of a
--- queue's start rate limit). NULL if none is scheduled; 0 or less if one is
--- due and not in line yet.
-SELECT least(
-    (SELECT extract(epoch FROM min(q.available_at) - now())
-       FROM werkfluss.queue q
-      WHERE NOT q.ready AND q.lease_id IS NULL AND q.available_at < 'infinity'
-        AND q.workflow = ANY(%(workflows)s::text[])),
-    (SELECT extract(epoch FROM min(q.available_at) - now())
-       FROM werkfluss.queue q
-      WHERE q.lease_id IS NOT NULL AND q.available_at < 'infinity'
-        AND q.workflow = ANY(%(workflows)s::text[])),
-    -- A queue whose start rate limit has no token left, with starts waiting.
-    (SELECT min((1 - t.tokens) * t.period / t.capacity)
-       FROM (SELECT b.capacity, b.period,
-                    least(b.capacity, b.tokens + greatest(0, extract(epoch FROM now() - b.refreshed_at))
-                                                 * b.capacity / b.period) AS tokens
-               FROM werkfluss.queues k
-               JOIN werkfluss.rate_limits b ON b.name = 'queue:' || k.name
-              WHERE k.rate_limit IS NOT NULL
-                AND EXISTS (SELECT 1 FROM werkfluss.queue q
-                             WHERE q.queue_name = k.name AND q.ready AND NOT q.parked AND q.claims = 0
-                               AND q.workflow = ANY(%(workflows)s::text[]))) t
-      WHERE t.tokens < 1)
-)::float8 AS seconds;
 
 -- name: append_events
 -- Record log entries, fenced by the lease: an entry whose run this lease no

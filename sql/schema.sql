@@ -144,16 +144,214 @@ CREATE TABLE werkfluss.runs (
 WITH (fillfactor='80');
 
 CREATE FUNCTION werkfluss._claim(workflows text[], lim integer, worker text) RETURNS TABLE(run werkfluss.runs, lease_id uuid, claims integer, previous_lease_id uuid, previous_worker_id text, waited_s double precision, wakeups integer, inbox jsonb, children jsonb, db_now timestamp with time zone, has_log boolean)
+    LANGUAGE sql
+    AS $$
+    SELECT c.run, c.lease_id, c.claims, c.previous_lease_id, c.previous_worker_id, c.waited_s,
+           c.wakeups, c.inbox, c.children, c.db_now, c.has_log
+      FROM werkfluss._claim_runs(workflows, lim, worker) c
+     WHERE c.lease_id IS NOT NULL
+$$;
+
+CREATE FUNCTION werkfluss._claim_runs(workflows text[], lim integer, worker text) RETURNS TABLE(run werkfluss.runs, lease_id uuid, claims integer, previous_lease_id uuid, previous_worker_id text, waited_s double precision, wakeups integer, inbox jsonb, children jsonb, db_now timestamp with time zone, has_log boolean, next_due double precision)
     LANGUAGE plpgsql
     SET enable_bitmapscan TO 'off'
     SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
-    ids       text[] := '{}';
-    prev_ids  uuid[] := '{}';
-    prev_wks  text[] := '{}';
-    dues      timestamptz[] := '{}';
+    ids      text[];
+    prev_ids uuid[];
+    prev_wks text[];
+    dues     timestamptz[];
+    due      double precision;
+BEGIN
+    IF lim IS NULL OR lim <= 0 THEN
+        RETURN;
+    END IF;
+    -- Sleeping and delayed runs whose time has come join the line, and so do
+    -- runs whose lease ran out.
+    UPDATE werkfluss.queue x SET ready = true
+     WHERE x.run_id = ANY(ARRAY(
+               SELECT y.run_id FROM werkfluss.queue y
+                WHERE NOT y.ready AND y.lease_id IS NULL AND y.available_at <= now()
+                ORDER BY y.available_at
+                LIMIT 1000
+                  FOR UPDATE SKIP LOCKED)
+            || ARRAY(
+               SELECT y.run_id FROM werkfluss.queue y
+                WHERE y.lease_id IS NOT NULL AND y.available_at <= now() AND y.available_at < 'infinity'
+                  AND NOT y.ready
+                LIMIT 1000
+                  FOR UPDATE SKIP LOCKED));
+
+    IF EXISTS (SELECT 1 FROM werkfluss.workflow_queues w WHERE w.workflow = ANY(workflows)) THEN
+        SELECT l.ids, l.prev_ids, l.prev_wks, l.dues INTO ids, prev_ids, prev_wks, dues
+          FROM werkfluss._lease_queued(workflows, lim, worker) l;
+        IF cardinality(ids) > 0 THEN
+            UPDATE werkfluss.runs r
+               SET status = 'running', started_at = coalesce(r.started_at, now()),
+                   updated_at = now(), wake_at = NULL, waiting_on = NULL
+             WHERE r.id = ANY(ids);
+        END IF;
+    ELSE
+        -- No queue has runs of these workflows: the line of runs in no queue,
+        -- leased and marked running in one statement.
+        WITH picked AS (
+            SELECT y.run_id, y.lease_id AS previous_lease_id, y.worker_id AS previous_worker_id,
+                   y.available_at AS due_at
+              FROM werkfluss.queue y
+             WHERE y.queue_name IS NULL AND y.ready AND NOT y.parked AND y.available_at <= now()
+               AND y.workflow = ANY(workflows)
+             ORDER BY y.sort_at
+             LIMIT lim
+               FOR UPDATE SKIP LOCKED
+        ), leased AS (
+            UPDATE werkfluss.queue x
+               SET lease_id = gen_random_uuid(), worker_id = worker, available_at = 'infinity',
+                   ready = false, claims = x.claims + 1, debounce_key = NULL
+              FROM picked p
+             WHERE x.run_id = p.run_id
+            RETURNING x.run_id, p.previous_lease_id, p.previous_worker_id, p.due_at
+        ), started AS (  -- runs as a data-modifying WITH does, read or not
+            UPDATE werkfluss.runs r
+               SET status = 'running', started_at = coalesce(r.started_at, now()),
+                   updated_at = now(), wake_at = NULL, waiting_on = NULL
+              FROM leased l
+             WHERE r.id = l.run_id
+            RETURNING r.id
+        )
+        SELECT coalesce(array_agg(l.run_id), '{}'), coalesce(array_agg(l.previous_lease_id), '{}'),
+               coalesce(array_agg(l.previous_worker_id), '{}'), coalesce(array_agg(l.due_at), '{}')
+          INTO ids, prev_ids, prev_wks, dues
+          FROM leased l;
+    END IF;
+
+    IF cardinality(ids) < lim THEN
+        due := werkfluss._next_due(workflows);
+    END IF;
+    IF cardinality(ids) = 0 THEN
+        RETURN QUERY SELECT NULL::werkfluss.runs, NULL::uuid, NULL::integer, NULL::uuid, NULL::text,
+                            NULL::double precision, NULL::integer, NULL::jsonb, NULL::jsonb,
+                            clock_timestamp(), NULL::boolean, due;
+        RETURN;
+    END IF;
+
+    -- A worker that kept the run in its cache compares claims to know whether
+    -- anyone else ran it since. The wake-up count comes from the same
+    -- snapshot as the inputs: an event newer than what is read here shows as
+    -- a higher count later (see suspend_runs). The run's whole row: columns
+    -- later migrations add come with it.
+    RETURN QUERY
+    SELECT r, q.lease_id, q.claims, p.previous_lease_id, p.previous_worker_id,
+           greatest(extract(epoch FROM now() - p.due_at), 0)::double precision,
+           q.wakeups,
+           CASE WHEN NOT logged.any THEN '[]'::jsonb ELSE
+               (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                           'id', hp.id, 'token', hp.token, 'payload', hp.payload,
+                           'received_at', hp.received_at) ORDER BY hp.id), '[]'::jsonb)
+                  FROM werkfluss.hooks h
+                  JOIN werkfluss.hook_payloads hp ON hp.token = h.token AND hp.consumed_seq IS NULL
+                 WHERE h.run_id = r.id) END,
+           CASE WHEN NOT logged.any THEN '[]'::jsonb ELSE
+               (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                           'run_id', c.id, 'status', c.status, 'result', c.result, 'error', c.error,
+                           'finished_at', c.finished_at) ORDER BY c.finished_at, c.id), '[]'::jsonb)
+                  FROM werkfluss.runs c
+                 WHERE c.parent_id = r.id AND c.finished_at IS NOT NULL AND NOT c.delivered) END,
+           clock_timestamp(), logged.any, due
+      FROM unnest(ids, prev_ids, prev_wks, dues) AS p(run_id, previous_lease_id, previous_worker_id, due_at)
+      JOIN werkfluss.runs r ON r.id = p.run_id
+      JOIN werkfluss.queue q ON q.run_id = p.run_id
+     CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM werkfluss.events e WHERE e.run_id = p.run_id)
+                         AS any) logged;
+END
+$$;
+
+CREATE FUNCTION werkfluss._declare_workflow_queue(workflow text, queue_name text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    current text;
+BEGIN
+    SELECT wq.queue_name INTO current FROM werkfluss.workflow_queues wq
+     WHERE wq.workflow = _declare_workflow_queue.workflow AND wq.is_default;
+    IF current IS NOT DISTINCT FROM _declare_workflow_queue.queue_name THEN
+        RETURN false;
+    END IF;
+    UPDATE werkfluss.workflow_queues wq SET is_default = false
+     WHERE wq.workflow = _declare_workflow_queue.workflow AND wq.is_default;
+    IF _declare_workflow_queue.queue_name IS NOT NULL THEN
+        INSERT INTO werkfluss.queues (name) VALUES (_declare_workflow_queue.queue_name)
+            ON CONFLICT (name) DO NOTHING;
+        INSERT INTO werkfluss.workflow_queues (workflow, queue_name, is_default)
+        VALUES (_declare_workflow_queue.workflow, _declare_workflow_queue.queue_name, true)
+        ON CONFLICT (workflow, queue_name) DO UPDATE SET is_default = true;
+    END IF;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION werkfluss._fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_tick timestamp with time zone, skipped integer) RETURNS text[]
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    s        werkfluss.schedules%ROWTYPE;
+    busy     boolean := false;
+    started  text[] := '{}';
+    missed   integer := coalesce(_fire_schedule.skipped, 0);
+    tick     timestamptz;
+    id       text;
+BEGIN
+    UPDATE werkfluss.schedules x
+       SET next_tick = _fire_schedule.next_tick, revision = x.revision + 1, updated_at = now()
+     WHERE x.name = _fire_schedule.name AND x.revision = _fire_schedule.revision AND NOT x.paused
+    RETURNING x.* INTO s;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF cardinality(ticks) > 0 THEN
+        IF s.overlap = 'skip' AND s.last_run_id IS NOT NULL THEN
+            SELECT r.status NOT IN ('completed', 'failed', 'cancelled') INTO busy
+              FROM werkfluss.runs r WHERE r.id = s.last_run_id;
+            busy := coalesce(busy, false);
+        END IF;
+        FOREACH tick IN ARRAY ticks LOOP
+            IF busy THEN
+                missed := missed + 1;
+                CONTINUE;
+            END IF;
+            id := 'schedule:' || s.name || ':' || to_char(tick AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
+            BEGIN
+                PERFORM werkfluss.start_run(
+                    name => s.workflow,
+                    args => jsonb_build_array(werkfluss._scheduled_at(tick, s.timezone)) || s.args,
+                    run_id => id,
+                    kwargs => s.kwargs);
+            EXCEPTION WHEN unique_violation THEN
+                missed := missed + 1;  -- the id belongs to a run of another workflow
+                CONTINUE;
+            END;
+            started := started || id;
+            busy := s.overlap = 'skip';
+        END LOOP;
+        UPDATE werkfluss.schedules x
+           SET last_tick = ticks[cardinality(ticks)],
+               last_run_id = coalesce(started[cardinality(started)], x.last_run_id),
+               skipped = x.skipped + missed
+         WHERE x.name = s.name;
+    ELSIF missed > 0 THEN
+        UPDATE werkfluss.schedules x SET skipped = x.skipped + missed WHERE x.name = s.name;
+    END IF;
+    RETURN started;
+END
+$$;
+
+CREATE FUNCTION werkfluss._lease_queued(workflows text[], lim integer, worker text, OUT ids text[], OUT prev_ids uuid[], OUT prev_wks text[], OUT dues timestamp with time zone[]) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
     more_ids  text[];
     more_prev uuid[];
     more_wks  text[];
@@ -170,52 +368,31 @@ DECLARE
     held      integer;
     tokens    double precision;
 BEGIN
-    IF lim IS NULL OR lim <= 0 THEN
-        RETURN;
-    END IF;
-    -- Sleeping and delayed runs whose time has come join the line, and so do
-    -- runs whose lease ran out.
-    UPDATE werkfluss.queue x SET ready = true
-     WHERE x.run_id = ANY(ARRAY(
-               SELECT y.run_id FROM werkfluss.queue y
-                WHERE NOT y.ready AND y.lease_id IS NULL AND y.available_at <= now()
-                ORDER BY y.available_at
-                LIMIT 1000
-                  FOR UPDATE SKIP LOCKED));
-    UPDATE werkfluss.queue x SET ready = true
-     WHERE x.run_id = ANY(ARRAY(
-               SELECT y.run_id FROM werkfluss.queue y
-                WHERE y.lease_id IS NOT NULL AND y.available_at <= now() AND y.available_at < 'infinity'
-                  AND NOT y.ready
-                LIMIT 1000
-                  FOR UPDATE SKIP LOCKED));
-
+    ids := '{}';
+    prev_ids := '{}';
+    prev_wks := '{}';
+    dues := '{}';
     -- The streams with a run ready for this worker, best head first ('' is
-    -- the stream of runs in no queue). No queue has runs of these workflows:
-    -- only that stream.
+    -- the stream of runs in no queue).
     SELECT array_agg(DISTINCT w.queue_name) INTO names FROM werkfluss.workflow_queues w
      WHERE w.workflow = ANY(workflows);
+    SELECT array_agg(h.name ORDER BY h.head, h.name) INTO names FROM (
+        SELECT '' AS name,
+               (SELECT y.sort_at FROM werkfluss.queue y
+                 WHERE y.queue_name IS NULL AND y.ready AND NOT y.parked AND y.available_at <= now()
+                   AND y.workflow = ANY(workflows)
+                 ORDER BY y.sort_at LIMIT 1) AS head
+        UNION ALL
+        SELECT q.name,
+               (SELECT y.sort_at FROM werkfluss.queue y
+                 WHERE y.queue_name = q.name AND y.ready AND NOT y.parked
+                   AND y.available_at <= now() AND y.workflow = ANY(workflows)
+                 ORDER BY y.sort_at LIMIT 1)
+          FROM unnest(coalesce(names, '{}')) AS q(name)
+    ) h
+     WHERE h.head IS NOT NULL;
     IF names IS NULL THEN
-        names := ARRAY[''];
-    ELSE
-        SELECT array_agg(h.name ORDER BY h.head, h.name) INTO names FROM (
-            SELECT '' AS name,
-                   (SELECT y.sort_at FROM werkfluss.queue y
-                     WHERE y.queue_name IS NULL AND y.ready AND NOT y.parked AND y.available_at <= now()
-                       AND y.workflow = ANY(workflows)
-                     ORDER BY y.sort_at LIMIT 1) AS head
-            UNION ALL
-            SELECT q.name,
-                   (SELECT y.sort_at FROM werkfluss.queue y
-                     WHERE y.queue_name = q.name AND y.ready AND NOT y.parked
-                       AND y.available_at <= now() AND y.workflow = ANY(workflows)
-                     ORDER BY y.sort_at LIMIT 1)
-              FROM unnest(names) AS q(name)
-        ) h
-         WHERE h.head IS NOT NULL;
-        IF names IS NULL THEN
-            RETURN;
-        END IF;
+        RETURN;
     END IF;
 
     -- Queues whose limits need an agreed count: locked by name, all first.
@@ -331,108 +508,6 @@ BEGIN
             UPDATE werkfluss.rate_limits b SET tokens = b.tokens - fresh WHERE b.name = 'queue:' || k.name;
         END IF;
     END LOOP;
-    IF taken = 0 THEN
-        RETURN;
-    END IF;
-
-    UPDATE werkfluss.runs r
-       SET status = 'running', started_at = coalesce(r.started_at, now()),
-           updated_at = now(), wake_at = NULL, waiting_on = NULL
-     WHERE r.id = ANY(ids);
-    -- A worker that kept the run in its cache compares claims to know whether
-    -- anyone else ran it since. The wake-up count comes from the same
-    -- snapshot as the inputs: an event newer than what is read here shows as
-    -- a higher count later (see suspend_runs).
-    -- The run's whole row: columns later migrations add come with it.
-    RETURN QUERY
-    SELECT r, q.lease_id, q.claims, p.previous_lease_id, p.previous_worker_id,
-           greatest(extract(epoch FROM now() - p.due_at), 0)::double precision,
-           inputs.wakeups, inputs.inbox, inputs.children, clock_timestamp(),
-           EXISTS (SELECT 1 FROM werkfluss.events e WHERE e.run_id = r.id)
-      FROM unnest(ids, prev_ids, prev_wks, dues) AS p(run_id, previous_lease_id, previous_worker_id, due_at)
-      JOIN werkfluss.runs r ON r.id = p.run_id
-      JOIN werkfluss.queue q ON q.run_id = p.run_id
-     CROSS JOIN LATERAL werkfluss._run_inputs(p.run_id) AS inputs;
-END
-$$;
-
-CREATE FUNCTION werkfluss._declare_workflow_queue(workflow text, queue_name text) RETURNS boolean
-    LANGUAGE plpgsql
-    AS $$
-#variable_conflict use_column
-DECLARE
-    current text;
-BEGIN
-    SELECT wq.queue_name INTO current FROM werkfluss.workflow_queues wq
-     WHERE wq.workflow = _declare_workflow_queue.workflow AND wq.is_default;
-    IF current IS NOT DISTINCT FROM _declare_workflow_queue.queue_name THEN
-        RETURN false;
-    END IF;
-    UPDATE werkfluss.workflow_queues wq SET is_default = false
-     WHERE wq.workflow = _declare_workflow_queue.workflow AND wq.is_default;
-    IF _declare_workflow_queue.queue_name IS NOT NULL THEN
-        INSERT INTO werkfluss.queues (name) VALUES (_declare_workflow_queue.queue_name)
-            ON CONFLICT (name) DO NOTHING;
-        INSERT INTO werkfluss.workflow_queues (workflow, queue_name, is_default)
-        VALUES (_declare_workflow_queue.workflow, _declare_workflow_queue.queue_name, true)
-        ON CONFLICT (workflow, queue_name) DO UPDATE SET is_default = true;
-    END IF;
-    RETURN true;
-END
-$$;
-
-CREATE FUNCTION werkfluss._fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_tick timestamp with time zone, skipped integer) RETURNS text[]
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-    s        werkfluss.schedules%ROWTYPE;
-    busy     boolean := false;
-    started  text[] := '{}';
-    missed   integer := coalesce(_fire_schedule.skipped, 0);
-    tick     timestamptz;
-    id       text;
-BEGIN
-    UPDATE werkfluss.schedules x
-       SET next_tick = _fire_schedule.next_tick, revision = x.revision + 1, updated_at = now()
-     WHERE x.name = _fire_schedule.name AND x.revision = _fire_schedule.revision AND NOT x.paused
-    RETURNING x.* INTO s;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    IF cardinality(ticks) > 0 THEN
-        IF s.overlap = 'skip' AND s.last_run_id IS NOT NULL THEN
-            SELECT r.status NOT IN ('completed', 'failed', 'cancelled') INTO busy
-              FROM werkfluss.runs r WHERE r.id = s.last_run_id;
-            busy := coalesce(busy, false);
-        END IF;
-        FOREACH tick IN ARRAY ticks LOOP
-            IF busy THEN
-                missed := missed + 1;
-                CONTINUE;
-            END IF;
-            id := 'schedule:' || s.name || ':' || to_char(tick AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
-            BEGIN
-                PERFORM werkfluss.start_run(
-                    name => s.workflow,
-                    args => jsonb_build_array(werkfluss._scheduled_at(tick, s.timezone)) || s.args,
-                    run_id => id,
-                    kwargs => s.kwargs);
-            EXCEPTION WHEN unique_violation THEN
-                missed := missed + 1;  -- the id belongs to a run of another workflow
-                CONTINUE;
-            END;
-            started := started || id;
-            busy := s.overlap = 'skip';
-        END LOOP;
-        UPDATE werkfluss.schedules x
-           SET last_tick = ticks[cardinality(ticks)],
-               last_run_id = coalesce(started[cardinality(started)], x.last_run_id),
-               skipped = x.skipped + missed
-         WHERE x.name = s.name;
-    ELSIF missed > 0 THEN
-        UPDATE werkfluss.schedules x SET skipped = x.skipped + missed WHERE x.name = s.name;
-    END IF;
-    RETURN started;
 END
 $$;
 
@@ -498,6 +573,33 @@ BEGIN
     END IF;
     RETURN s;
 END
+$$;
+
+CREATE FUNCTION werkfluss._next_due(workflows text[]) RETURNS double precision
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT least(
+        (SELECT extract(epoch FROM min(q.available_at) - now())
+           FROM werkfluss.queue q
+          WHERE NOT q.ready AND q.lease_id IS NULL AND q.available_at < 'infinity'
+            AND q.workflow = ANY(workflows)),
+        (SELECT extract(epoch FROM min(q.available_at) - now())
+           FROM werkfluss.queue q
+          WHERE q.lease_id IS NOT NULL AND q.available_at < 'infinity'
+            AND q.workflow = ANY(workflows)),
+        -- A queue whose start rate limit has no token left, with starts waiting.
+        (SELECT min((1 - t.tokens) * t.period / t.capacity)
+           FROM (SELECT b.capacity, b.period,
+                        least(b.capacity, b.tokens + greatest(0, extract(epoch FROM now() - b.refreshed_at))
+                                                     * b.capacity / b.period) AS tokens
+                   FROM werkfluss.queues k
+                   JOIN werkfluss.rate_limits b ON b.name = 'queue:' || k.name
+                  WHERE k.rate_limit IS NOT NULL
+                    AND EXISTS (SELECT 1 FROM werkfluss.queue q
+                                 WHERE q.queue_name = k.name AND q.ready AND NOT q.parked AND q.claims = 0
+                                   AND q.workflow = ANY(workflows))) t
+          WHERE t.tokens < 1)
+    )::double precision
 $$;
 
 CREATE FUNCTION werkfluss._queue_slot_freed() RETURNS trigger
@@ -1680,13 +1782,19 @@ REVOKE ALL ON FUNCTION werkfluss._check_schedule_name(caller text, name text) FR
 
 REVOKE ALL ON FUNCTION werkfluss._claim(workflows text[], lim integer, worker text) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION werkfluss._claim_runs(workflows text[], lim integer, worker text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss._declare_workflow_queue(workflow text, queue_name text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_tick timestamp with time zone, skipped integer) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION werkfluss._lease_queued(workflows text[], lim integer, worker text, OUT ids text[], OUT prev_ids uuid[], OUT prev_wks text[], OUT dues timestamp with time zone[]) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss._lock_flow_keys(run_ids text[]) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._lock_schedule(caller text, name text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION werkfluss._next_due(workflows text[]) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._queue_slot_freed() FROM PUBLIC;
 

@@ -53,6 +53,17 @@ class ClaimedRun:
     waited: float = 0.0  # seconds the run was due before this claim
 
 
+@dataclass
+class Claim:
+    """What one claim got: the runs leased, and when the next one is due."""
+
+    runs: list[ClaimedRun]
+    # Seconds (by the database's clock) until the next run of these workflows
+    # becomes claimable, when fewer runs than asked for were leased; None if
+    # none is scheduled or all asked for were leased.
+    next_due: float | None = None
+
+
 async def claim_runs(
     connector: Connector,
     *,
@@ -60,36 +71,41 @@ async def claim_runs(
     limit: int,
     worker_id: str,
     clock: DatabaseClock | None = None,
-) -> list[ClaimedRun]:
-    """Lease up to ``limit`` due runs of ``workflows`` to ``worker_id``."""
+) -> Claim:
+    """Lease up to ``limit`` due runs of ``workflows`` to ``worker_id``, in one round trip."""
     if limit <= 0 or not workflows:
-        return []
+        return Claim([])
     sent = time.monotonic()
     rows = await connector.fetch_all("claim_runs", workflows=list(workflows), limit=limit,
                                      worker_id=worker_id)
     received = time.monotonic()
     if rows and clock is not None:
         clock.observe(rows[0]["db_now"], sent, received)
-    return [
-        ClaimedRun(
-            run_id=row["run_id"],
-            workflow=row["workflow"],
-            args=row["args"],  # decoded by the run: a bad value fails that run only
-            kwargs=row["kwargs"],
-            lease=Lease(row["run_id"], str(row["lease_id"])),
-            claims=row["claims"],
-            previous_worker_id=row["previous_worker_id"],
-            taken_over=row["previous_worker_id"] is not None,
-            deadline=row["deadline"],
-            parent_id=row["parent_id"],
-            started_at=row["started_at"],
-            inputs=inputs_from_row(row),
-            has_log=row["has_log"],
-            traceparent=row["traceparent"],
-            waited=row["waited_s"],
-        )
-        for row in rows
-    ]
+    due = rows[0]["next_due"] if rows else None
+    return Claim(
+        [
+            ClaimedRun(
+                run_id=row["run_id"],
+                workflow=row["workflow"],
+                args=row["args"],  # decoded by the run: a bad value fails that run only
+                kwargs=row["kwargs"],
+                lease=Lease(row["run_id"], str(row["lease_id"])),
+                claims=row["claims"],
+                previous_worker_id=row["previous_worker_id"],
+                taken_over=row["previous_worker_id"] is not None,
+                deadline=row["deadline"],
+                parent_id=row["parent_id"],
+                started_at=row["started_at"],
+                inputs=inputs_from_row(row),
+                has_log=row["has_log"],
+                traceparent=row["traceparent"],
+                waited=row["waited_s"],
+            )
+            for row in rows
+            if row["run_id"] is not None  # leasing none returns one row: next_due alone
+        ],
+        None if due is None else float(due),
+    )
 
 
 async def read_logs(connector: Connector, run_ids: Sequence[str]) -> dict[str, list[LogRecord]]:
@@ -105,13 +121,6 @@ async def read_logs(connector: Connector, run_ids: Sequence[str]) -> dict[str, l
 async def run_inputs(connector: Connector, run_id: str) -> RunInputs:
     row = await connector.fetch_one("run_inputs", run_id=run_id)
     return inputs_from_row(row) if row is not None else RunInputs()
-
-
-async def seconds_until_due(connector: Connector, *, workflows: Sequence[str]) -> float | None:
-    """Seconds until the next run of ``workflows`` becomes claimable (by the
-    database's clock), or ``None`` if none is scheduled."""
-    row = await connector.fetch_one("next_due", workflows=list(workflows))
-    return None if row is None or row["seconds"] is None else float(row["seconds"])
 
 
 def record_from_row(row: Row) -> LogRecord:

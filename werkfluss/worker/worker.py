@@ -534,8 +534,9 @@ class Worker:
     ) -> tuple[list[dispatch.ClaimedRun], dict[str, WorkflowInstance], float | None]:
         self._claiming = True
         try:
-            claimed = await dispatch.claim_runs(self.connector, workflows=names, limit=free,
-                                                worker_id=self.worker_id, clock=self.clock)
+            claim = await dispatch.claim_runs(self.connector, workflows=names, limit=free,
+                                              worker_id=self.worker_id, clock=self.clock)
+            claimed = claim.runs
             # Decide now, once, which runs go on from memory: taken out of the
             # cache here, nothing can evict them before they are launched.
             cached: dict[str, WorkflowInstance] = {}
@@ -553,14 +554,11 @@ class Worker:
                     logs = await dispatch.read_logs(self.connector, [c.run_id for c in reading])
                     for run in reading:
                         run.log = logs.get(run.run_id, [])
-                due = None
-                if len(claimed) < free:
-                    due = await dispatch.seconds_until_due(self.connector, workflows=names)
             except BaseException:
                 for instance in cached.values():
                     instance.evict()
                 raise
-            return claimed, cached, due
+            return claimed, cached, claim.next_due
         finally:
             self._claiming = False
 
