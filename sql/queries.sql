@@ -56,14 +56,20 @@ SELECT werkfluss.start_run(
 SELECT werkfluss.cancel_run(%(run_id)s) AS cancelled;
 
 -- name: get_run
--- One run, as users see it (blocked: why a pending run has not started).
+-- One run, as users see it (why a pending run has not started: run_blocked).
 SELECT id AS run_id, workflow, status, args, kwargs, result, error, parent_id,
        wake_at, waiting_on, deadline, created_at, started_at, finished_at, updated_at,
-       queue_name, concurrency_key, priority, p.blocked
-  FROM werkfluss.runs r
-  LEFT JOIN LATERAL (SELECT v.blocked FROM werkfluss.pending_reasons v
-                      WHERE v.run_id = r.id AND r.status = 'pending') p ON true
- WHERE r.id = %(run_id)s;
+       queue_name, concurrency_key, priority
+  FROM werkfluss.runs
+ WHERE id = %(run_id)s;
+
+-- name: run_blocked
+-- Why a pending run has not started yet (NULL: it is next in line).
+SELECT v.blocked FROM werkfluss.pending_reasons v WHERE v.run_id = %(run_id)s;
+
+-- name: run_outcome
+-- What a caller waiting for a run's result needs: its status and outcome.
+SELECT status, result, error FROM werkfluss.runs WHERE id = %(run_id)s;
 
 -- name: list_runs
 -- The most recent runs, optionally filtered by status and workflow.

@@ -156,6 +156,7 @@ CREATE FUNCTION werkfluss._claim_runs(workflows text[], lim integer, worker text
     LANGUAGE plpgsql
     SET enable_bitmapscan TO 'off'
     SET enable_seqscan TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -576,9 +577,10 @@ END
 $$;
 
 CREATE FUNCTION werkfluss._next_due(workflows text[]) RETURNS double precision
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $$
-    SELECT least(
+BEGIN
+    RETURN least(
         (SELECT extract(epoch FROM min(q.available_at) - now())
            FROM werkfluss.queue q
           WHERE NOT q.ready AND q.lease_id IS NULL AND q.available_at < 'infinity'
@@ -599,7 +601,8 @@ CREATE FUNCTION werkfluss._next_due(workflows text[]) RETURNS double precision
                                  WHERE q.queue_name = k.name AND q.ready AND NOT q.parked AND q.claims = 0
                                    AND q.workflow = ANY(workflows))) t
           WHERE t.tokens < 1)
-    )::double precision
+    )::double precision;
+END
 $$;
 
 CREATE FUNCTION werkfluss._queue_slot_freed() RETURNS trigger
@@ -716,8 +719,10 @@ END
 $$;
 
 CREATE FUNCTION werkfluss._run_inputs(run_id text, OUT wakeups integer, OUT inbox jsonb, OUT children jsonb) RETURNS record
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $$
+#variable_conflict use_column
+BEGIN
     SELECT (SELECT q.wakeups FROM werkfluss.queue q WHERE q.run_id = _run_inputs.run_id),
            (SELECT coalesce(jsonb_agg(jsonb_build_object(
                        'id', p.id, 'token', p.token, 'payload', p.payload,
@@ -730,6 +735,8 @@ CREATE FUNCTION werkfluss._run_inputs(run_id text, OUT wakeups integer, OUT inbo
                        'finished_at', c.finished_at) ORDER BY c.finished_at, c.id), '[]'::jsonb)
               FROM werkfluss.runs c
              WHERE c.parent_id = _run_inputs.run_id AND c.finished_at IS NOT NULL AND NOT c.delivered)
+      INTO wakeups, inbox, children;
+END
 $$;
 
 CREATE FUNCTION werkfluss._runs_traceparent() RETURNS trigger

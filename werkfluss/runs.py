@@ -214,9 +214,13 @@ class RunHandle:
 
     async def info(self) -> RunInfo:
         """Everything stored about the run (raises :class:`RunNotFound`)."""
-        row = await self._engine.connector.fetch_one("get_run", run_id=self.run_id)
+        connector = self._engine.connector
+        row = await connector.fetch_one("get_run", run_id=self.run_id)
         if row is None:
             raise RunNotFound(self.run_id)
+        if row["status"] == "pending":
+            reason = await connector.fetch_one("run_blocked", run_id=self.run_id)
+            row = {**row, "blocked": None if reason is None else reason["blocked"]}
         return RunInfo.from_row(row)
 
     async def status(self) -> str:
@@ -274,7 +278,7 @@ class RunHandle:
             while True:
                 changed.clear()
                 try:
-                    info = await self.info()
+                    row = await engine.connector.fetch_one("run_outcome", run_id=self.run_id)
                 except DatabaseUnavailable as lost:
                     # Keep waiting through a lost connection (the deadline still holds).
                     if deadline is not None and time.monotonic() >= deadline:
@@ -284,11 +288,14 @@ class RunHandle:
                         ) from lost
                     await asyncio.sleep(0.2)
                     continue
-                if info.status == "completed":
-                    return info.result
-                if info.status == "failed":
-                    raise RunFailed.from_record(self.run_id, info.error)
-                if info.status == "cancelled":
+                if row is None:
+                    raise RunNotFound(self.run_id)
+                status = row["status"]
+                if status == "completed":
+                    return _load(row["result"])
+                if status == "failed":
+                    raise RunFailed.from_record(self.run_id, _json(row["error"]))
+                if status == "cancelled":
                     raise RunCancelled(self.run_id)
                 wait = engine.result_poll_interval if listener and listener.connected else 0.5
                 if deadline is not None:
@@ -296,7 +303,7 @@ class RunHandle:
                     if remaining <= 0:
                         raise TimeoutError(
                             f"run {self.run_id} did not finish within {timeout:g}s "
-                            f"(status: {info.status})"
+                            f"(status: {status})"
                         )
                     wait = min(wait, remaining)
                 try:

@@ -192,10 +192,13 @@ $$;
 
 -- A sleep ending, a delayed start, a lease running out, the next token of a
 -- queue's start rate limit; NULL if none is scheduled, 0 or less if one is
--- due and not in line yet. (The next_due query is this function.)
+-- due and not in line yet. (plpgsql, not sql: a session plans its query
+-- once, where an sql function called from the claim was planned anew on
+-- every claim.)
 CREATE FUNCTION werkfluss._next_due(workflows text[]) RETURNS double precision
-LANGUAGE sql STABLE AS $$
-    SELECT least(
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN least(
         (SELECT extract(epoch FROM min(q.available_at) - now())
            FROM werkfluss.queue q
           WHERE NOT q.ready AND q.lease_id IS NULL AND q.available_at < 'infinity'
@@ -216,7 +219,32 @@ LANGUAGE sql STABLE AS $$
                                  WHERE q.queue_name = k.name AND q.ready AND NOT q.parked AND q.claims = 0
                                    AND q.workflow = ANY(workflows))) t
           WHERE t.tokens < 1)
-    )::double precision
+    )::double precision;
+END
+$$;
+
+-- What may unblock a run a worker holds (the run_inputs query), now plpgsql
+-- for the same reason: its three reads are planned once per session.
+CREATE OR REPLACE FUNCTION werkfluss._run_inputs(
+    run_id text, OUT wakeups integer, OUT inbox jsonb, OUT children jsonb
+)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    SELECT (SELECT q.wakeups FROM werkfluss.queue q WHERE q.run_id = _run_inputs.run_id),
+           (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'id', p.id, 'token', p.token, 'payload', p.payload,
+                       'received_at', p.received_at) ORDER BY p.id), '[]'::jsonb)
+              FROM werkfluss.hooks h
+              JOIN werkfluss.hook_payloads p ON p.token = h.token AND p.consumed_seq IS NULL
+             WHERE h.run_id = _run_inputs.run_id),
+           (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'run_id', c.id, 'status', c.status, 'result', c.result, 'error', c.error,
+                       'finished_at', c.finished_at) ORDER BY c.finished_at, c.id), '[]'::jsonb)
+              FROM werkfluss.runs c
+             WHERE c.parent_id = _run_inputs.run_id AND c.finished_at IS NOT NULL AND NOT c.delivered)
+      INTO wakeups, inbox, children;
+END
 $$;
 
 -- --- the claim -----------------------------------------------------------------------
@@ -335,9 +363,15 @@ BEGIN
                          AS any) logged;
 END
 $$;
--- Read indexes in order and by key (see 0011).
+-- Read indexes in order and by key (see 0011), with plans made once per
+-- session: the statements of a claim are planned the same whatever their
+-- parameters (index scans in order, by key), and planning them anew on each
+-- call (a custom plan for each of the first calls and whenever the planner
+-- hesitates) cost more than running them: 1.3 ms against 0.8 ms for a claim
+-- of one run. The settings hold for the functions the claim calls.
 ALTER FUNCTION werkfluss._claim_runs(text[], integer, text) SET enable_bitmapscan = off;
 ALTER FUNCTION werkfluss._claim_runs(text[], integer, text) SET enable_seqscan = off;
+ALTER FUNCTION werkfluss._claim_runs(text[], integer, text) SET plan_cache_mode = force_generic_plan;
 
 -- The claim of 0008, same rows, for callers written against it.
 CREATE OR REPLACE FUNCTION werkfluss._claim(workflows text[], lim integer, worker text)

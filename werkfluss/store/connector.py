@@ -53,7 +53,8 @@ def _quietly(pool: Any) -> None:
 
 # Queries that change nothing: safe to run again after a lost connection.
 READ_ONLY = frozenset({
-    "get_run", "list_runs", "list_events", "list_steps", "read_logs", "run_inputs", "queue_depth",
+    "get_run", "run_blocked", "run_outcome", "list_runs", "list_events", "list_steps", "read_logs",
+    "run_inputs", "queue_depth",
     "schema_state", "worker_held_runs", "list_workers", "migrations_applied", "migrations_table_exists",
     "run_lease", "count_prunable", "served_workflows",
     "due_schedules", "next_schedule_tick", "list_schedules", "get_schedule",

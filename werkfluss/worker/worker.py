@@ -34,6 +34,7 @@ What a worker does:
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import time
@@ -168,6 +169,10 @@ class Worker:
         self._recorder: Recorder | None = None
         self.scheduler: Scheduler | None = None
         self._wake = asyncio.Event()
+        # Until when (monotonic) the last claim said nothing more is
+        # claimable: it got fewer runs than it asked for, and no
+        # notification or suspension came since. None: unknown, claim.
+        self._idle_until: float | None = None
         self._stop_heartbeat = asyncio.Event()
         self._force = asyncio.Event()
         self._stopping = False
@@ -424,6 +429,7 @@ class Worker:
         """The one callback for a held run's transitions."""
         if new is RunState.SUSPENDED:
             self._remember(driver)
+            self._idle_until = None  # its wake-up time may come before the next one known
             self._wake.set()
         elif new is RunState.FINISHED:
             self.runs_finished += 1
@@ -434,7 +440,12 @@ class Worker:
     def driver_done(self, driver: RunDriver) -> None:
         if self._drivers.get(driver.run_id) is driver:
             del self._drivers[driver.run_id]
-        self._wake.set()  # a slot is free
+        # A slot is free: claim again, unless the last claim found nothing
+        # more to take and nothing came since (then the next notification,
+        # the next due run or the poll wakes the loop, as for an idle worker).
+        idle_until = self._idle_until
+        if idle_until is None or time.monotonic() >= idle_until:
+            self._wake.set()
 
     # --- the cache of suspended runs ---------------------------------------------------
 
@@ -457,6 +468,7 @@ class Worker:
 
     def _on_queue(self, payload: str | None) -> None:
         if payload is None or payload == "" or payload in self._workflows:
+            self._idle_until = None
             self._wake.set()
 
     def _on_runs(self, payload: str | None) -> None:
@@ -485,7 +497,7 @@ class Worker:
                 if driver is None:
                     continue
                 try:
-                    row = await self.connector.fetch_one("get_run", run_id=run_id)
+                    row = await self.connector.fetch_one("run_outcome", run_id=run_id)
                 except DatabaseError:
                     return
                 if row is not None and row["status"] == "cancelled" and self._drivers.get(run_id) is driver:
@@ -501,6 +513,7 @@ class Worker:
         failures = 0
         while not self._stopping:
             self._wake.clear()
+            self._idle_until = None  # until this iteration's claim says otherwise
             wait = self.poll_interval
             free = self.concurrency - len(self._drivers)
             if free > 0 and self.liveness.valid():
@@ -522,6 +535,7 @@ class Worker:
                     continue  # there may be more: claim again at once
                 if due is not None:
                     wait = min(wait, max(due, 0.0) + 0.002)
+                self._idle_until = time.monotonic() + (math.inf if due is None else max(due, 0.0))
             elif free > 0:
                 wait = min(wait, 0.1)  # waiting for the heartbeat to vouch for us again
             try:
