@@ -200,7 +200,11 @@ SELECT current_user AS role,
        has_table_privilege('werkfluss.audit', 'INSERT') AS insert_audit,
        has_function_privilege('werkfluss.cancel_run(text)', 'EXECUTE') AS execute_cancel_run,
        has_function_privilege('werkfluss.retry_run(text)', 'EXECUTE') AS execute_retry_run,
-       has_function_privilege('werkfluss.send(text, jsonb)', 'EXECUTE') AS execute_send;
+       has_function_privilege('werkfluss.send(text, jsonb)', 'EXECUTE') AS execute_send,
+       has_function_privilege('werkfluss.pause_schedule(text)', 'EXECUTE') AS execute_pause_schedule,
+       has_function_privilege('werkfluss.resume_schedule(text)', 'EXECUTE') AS execute_resume_schedule,
+       has_function_privilege('werkfluss.trigger_schedule(text)', 'EXECUTE') AS execute_trigger_schedule,
+       has_function_privilege('werkfluss.delete_schedule(text)', 'EXECUTE') AS execute_delete_schedule;
 
 -- name: claim_runs
 -- Lease up to %(limit)s due runs of the given workflows to this worker, within
