@@ -206,7 +206,11 @@ SELECT current_user AS role,
        has_table_privilege('werkfluss.audit', 'INSERT') AS insert_audit,
        has_function_privilege('werkfluss.cancel_run(text)', 'EXECUTE') AS execute_cancel_run,
        has_function_privilege('werkfluss.retry_run(text)', 'EXECUTE') AS execute_retry_run,
-       has_function_privilege('werkfluss.send(text, jsonb)', 'EXECUTE') AS execute_send;
+       has_function_privilege('werkfluss.send(text, jsonb)', 'EXECUTE') AS execute_send,
+       has_function_privilege('werkfluss.pause_schedule(text)', 'EXECUTE') AS execute_pause_schedule,
+       has_function_privilege('werkfluss.resume_schedule(text)', 'EXECUTE') AS execute_resume_schedule,
+       has_function_privilege('werkfluss.trigger_schedule(text)', 'EXECUTE') AS execute_trigger_schedule,
+       has_function_privilege('werkfluss.delete_schedule(text)', 'EXECUTE') AS execute_delete_schedule;
 
 -- name: claim_runs
 -- Lease up to %(limit)s due runs of the given workflows to this worker, within
@@ -724,7 +728,9 @@ SELECT pg_backend_pid() AS pid;
 SELECT werkfluss.declare_queue(
     %(name)s, %(concurrency)s::integer, %(per_key)s::integer, %(worker_concurrency)s::integer,
     %(rate_limit)s::integer, %(rate_period_seconds)s * interval '1 second',
-    %(priority_aging_seconds)s * interval '1 second'
+    %(priority_aging_seconds)s * interval '1 second',
+    key_rate_limit => %(key_rate_limit)s::integer,
+    key_rate_period => %(key_rate_period_seconds)s * interval '1 second'
 ) AS outcome;
 
 -- name: declare_workflow_queue
@@ -738,7 +744,7 @@ SELECT werkfluss._take_token(%(name)s, %(capacity)s, %(period)s, %(run_id)s, %(w
 -- name: list_queues
 -- Every queue with its limits, the runs holding a worker, and its depth.
 SELECT k.name, k.concurrency, k.per_key, k.worker_concurrency, k.rate_limit, k.rate_period,
-       k.priority_aging, k.created_at, k.updated_at,
+       k.priority_aging, k.key_rate_limit, k.key_rate_period, k.created_at, k.updated_at,
        (SELECT count(*) FROM werkfluss.queue y
          WHERE y.queue_name = k.name AND y.lease_id IS NOT NULL) AS running,
        (SELECT count(*) FROM werkfluss.queue y
@@ -746,7 +752,11 @@ SELECT k.name, k.concurrency, k.per_key, k.worker_concurrency, k.rate_limit, k.r
        (SELECT count(*) FROM werkfluss.queue y WHERE y.queue_name = k.name AND y.parked) AS parked,
        (SELECT count(*) FROM werkfluss.queue y JOIN werkfluss.runs r ON r.id = y.run_id
          WHERE y.queue_name = k.name AND NOT y.ready AND y.lease_id IS NULL
+           AND y.throttled_until IS DISTINCT FROM y.available_at
            AND r.status = 'pending') AS scheduled,
+       (SELECT count(*) FROM werkfluss.queue y
+         WHERE y.queue_name = k.name AND NOT y.ready AND y.lease_id IS NULL
+           AND y.throttled_until = y.available_at) AS throttled,
        (SELECT count(*) FROM werkfluss.queue y JOIN werkfluss.runs r ON r.id = y.run_id
          WHERE y.queue_name = k.name AND NOT y.ready AND y.lease_id IS NULL
            AND r.status IN ('sleeping', 'waiting')) AS suspended,

@@ -488,6 +488,12 @@ BEGIN
                     CONTINUE;
                 END IF;
             END IF;
+            -- A start of a key needs a token of the key's start rate limit
+            -- (one reserved for it counts); without one the key's starts are
+            -- put aside until their tokens come (0014).
+            CONTINUE WHEN k.key_rate_limit IS NOT NULL AND c.claims = 0 AND c.concurrency_key IS NOT NULL
+                      AND NOT werkfluss._take_key_start_token(k.name, c.concurrency_key, c.run_id,
+                                                              k.key_rate_limit, k.key_rate_period);
             got := NULL;
             UPDATE werkfluss.queue x
                SET lease_id = gen_random_uuid(), worker_id = worker, available_at = 'infinity',
@@ -828,6 +834,56 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION werkfluss._take_key_start_token(queue_name text, key text, run_id text, capacity integer, period double precision) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    bucket    text := 'queue:' || _take_key_start_token.queue_name || '[' || _take_key_start_token.key || ']';
+    run       record;
+    available double precision;
+    aside     text[];
+BEGIN
+    -- The key's lock, as the per-key concurrency limit takes it: only a claim
+    -- holding it touches the key's bucket, so claims never wait for a bucket.
+    IF NOT pg_try_advisory_xact_lock(hashtextextended(
+            'werkfluss.key:' || _take_key_start_token.queue_name || chr(31) || _take_key_start_token.key, 0)) THEN
+        RETURN false;
+    END IF;
+    SELECT q.ready, q.parked, q.available_at, q.throttled_until INTO run
+      FROM werkfluss.queue q WHERE q.run_id = _take_key_start_token.run_id;
+    IF NOT FOUND OR NOT run.ready OR run.parked THEN
+        RETURN false;  -- put aside or parked by this claim since its loop read the run
+    END IF;
+    IF run.throttled_until = run.available_at THEN
+        RETURN true;  -- its token was reserved when it was put aside
+    END IF;
+    available := werkfluss._bucket(bucket, _take_key_start_token.capacity, _take_key_start_token.period);
+    IF available >= 1 THEN
+        UPDATE werkfluss.rate_limits b SET tokens = b.tokens - 1 WHERE b.name = bucket;
+        RETURN true;
+    END IF;
+    aside := ARRAY(
+        SELECT q.run_id FROM werkfluss.queue q
+         WHERE q.queue_name = _take_key_start_token.queue_name AND q.concurrency_key = _take_key_start_token.key
+           AND q.ready AND NOT q.parked AND q.claims = 0 AND q.lease_id IS NULL
+           AND q.throttled_until IS DISTINCT FROM q.available_at
+         ORDER BY q.sort_at
+         LIMIT 1000
+           FOR UPDATE SKIP LOCKED);
+    -- The n-th waits for the n-th token from now: (n - available) tokens' time.
+    UPDATE werkfluss.queue x
+       SET ready = false, available_at = t.due, throttled_until = t.due
+      FROM (SELECT a.run_id,
+                   now() + make_interval(secs => (a.n - available) * _take_key_start_token.period
+                                                 / _take_key_start_token.capacity) AS due
+              FROM unnest(aside) WITH ORDINALITY AS a(run_id, n)) t
+     WHERE x.run_id = t.run_id;
+    UPDATE werkfluss.rate_limits b SET tokens = b.tokens - cardinality(aside) WHERE b.name = bucket;
+    RETURN false;
+END
+$$;
+
 CREATE FUNCTION werkfluss._take_token(name text, capacity integer, period double precision, run_id text DEFAULT NULL::text, waited boolean DEFAULT false) RETURNS double precision
     LANGUAGE plpgsql
     AS $$
@@ -1028,14 +1084,15 @@ BEGIN
 END
 $_$;
 
-CREATE FUNCTION werkfluss.declare_queue(name text, concurrency integer DEFAULT NULL::integer, per_key integer DEFAULT NULL::integer, worker_concurrency integer DEFAULT NULL::integer, rate_limit integer DEFAULT NULL::integer, rate_period interval DEFAULT NULL::interval, priority_aging interval DEFAULT '00:01:00'::interval) RETURNS text
+CREATE FUNCTION werkfluss.declare_queue(name text, concurrency integer DEFAULT NULL::integer, per_key integer DEFAULT NULL::integer, worker_concurrency integer DEFAULT NULL::integer, rate_limit integer DEFAULT NULL::integer, rate_period interval DEFAULT NULL::interval, priority_aging interval DEFAULT '00:01:00'::interval, key_rate_limit integer DEFAULT NULL::integer, key_rate_period interval DEFAULT NULL::interval) RETURNS text
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_column
 DECLARE
-    old     werkfluss.queues%ROWTYPE;
-    period  double precision := extract(epoch FROM declare_queue.rate_period);
-    aging   double precision := extract(epoch FROM declare_queue.priority_aging);
+    old        werkfluss.queues%ROWTYPE;
+    period     double precision := extract(epoch FROM declare_queue.rate_period);
+    key_period double precision := extract(epoch FROM declare_queue.key_rate_period);
+    aging      double precision := extract(epoch FROM declare_queue.priority_aging);
 BEGIN
     IF declare_queue.name IS NULL OR btrim(declare_queue.name, E' \t\n\r\v\f') = ''
        OR length(declare_queue.name) > 255 THEN
@@ -1045,6 +1102,13 @@ BEGIN
                      THEN format('%s characters long; the limit is 255', length(declare_queue.name))
                      ELSE 'empty' END
             USING ERRCODE = '22023', HINT = 'e.g. ''exports''';
+    END IF;
+    IF strpos(declare_queue.name, '[') > 0 OR strpos(declare_queue.name, ']') > 0 THEN
+        RAISE EXCEPTION 'werkfluss.declare_queue: the queue name % contains ''['' or '']''',
+                quote_literal(declare_queue.name)
+            USING ERRCODE = '22023',
+                  HINT = 'brackets name the rate limit buckets of keys (''queue:exports[customer-42]''); '
+                         'use e.g. ''exports.eu''';
     END IF;
     IF declare_queue.concurrency IS NOT NULL AND declare_queue.concurrency NOT BETWEEN 1 AND 1000000 THEN
         RAISE EXCEPTION 'werkfluss.declare_queue: concurrency must be from 1 to 1000000 (or NULL: no limit), got %',
@@ -1071,6 +1135,18 @@ BEGIN
         RAISE EXCEPTION 'werkfluss.declare_queue: rate_period must be from 1 microsecond to 31 days, got %',
                 declare_queue.rate_period USING ERRCODE = '22023';
     END IF;
+    IF (declare_queue.key_rate_limit IS NULL) <> (declare_queue.key_rate_period IS NULL) THEN
+        RAISE EXCEPTION 'werkfluss.declare_queue: key_rate_limit and key_rate_period go together'
+            USING ERRCODE = '22023', HINT = 'e.g. key_rate_limit => 10, key_rate_period => ''1 minute''';
+    END IF;
+    IF declare_queue.key_rate_limit IS NOT NULL AND declare_queue.key_rate_limit NOT BETWEEN 1 AND 1000000000 THEN
+        RAISE EXCEPTION 'werkfluss.declare_queue: key_rate_limit must be from 1 to 1000000000, got %',
+                declare_queue.key_rate_limit USING ERRCODE = '22023';
+    END IF;
+    IF key_period IS NOT NULL AND (key_period <= 0 OR key_period > 2678400) THEN
+        RAISE EXCEPTION 'werkfluss.declare_queue: key_rate_period must be from 1 microsecond to 31 days, got %',
+                declare_queue.key_rate_period USING ERRCODE = '22023';
+    END IF;
     IF aging IS NULL OR aging <= 0 OR aging > 86400 THEN
         RAISE EXCEPTION 'werkfluss.declare_queue: priority_aging must be from 1 microsecond to 1 day, got %',
                 coalesce(declare_queue.priority_aging::text, 'NULL') USING ERRCODE = '22023';
@@ -1079,9 +1155,10 @@ BEGIN
     SELECT * INTO old FROM werkfluss.queues q WHERE q.name = declare_queue.name FOR UPDATE;
     IF NOT FOUND THEN
         INSERT INTO werkfluss.queues (name, concurrency, per_key, worker_concurrency, rate_limit,
-                                      rate_period, priority_aging)
+                                      rate_period, priority_aging, key_rate_limit, key_rate_period)
         VALUES (declare_queue.name, declare_queue.concurrency, declare_queue.per_key,
-                declare_queue.worker_concurrency, declare_queue.rate_limit, period, aging)
+                declare_queue.worker_concurrency, declare_queue.rate_limit, period, aging,
+                declare_queue.key_rate_limit, key_period)
         ON CONFLICT (name) DO NOTHING;
         IF FOUND THEN
             RETURN 'created';
@@ -1089,19 +1166,31 @@ BEGIN
         SELECT * INTO old FROM werkfluss.queues q WHERE q.name = declare_queue.name FOR UPDATE;
     END IF;
     IF (old.concurrency, old.per_key, old.worker_concurrency, old.rate_limit, old.rate_period,
-        old.priority_aging)
+        old.priority_aging, old.key_rate_limit, old.key_rate_period)
        IS NOT DISTINCT FROM (declare_queue.concurrency, declare_queue.per_key,
-                             declare_queue.worker_concurrency, declare_queue.rate_limit, period, aging) THEN
+                             declare_queue.worker_concurrency, declare_queue.rate_limit, period, aging,
+                             declare_queue.key_rate_limit, key_period) THEN
         RETURN 'unchanged';
     END IF;
     UPDATE werkfluss.queues q
        SET concurrency = declare_queue.concurrency, per_key = declare_queue.per_key,
            worker_concurrency = declare_queue.worker_concurrency, rate_limit = declare_queue.rate_limit,
-           rate_period = period, priority_aging = aging, updated_at = now()
+           rate_period = period, priority_aging = aging, key_rate_limit = declare_queue.key_rate_limit,
+           key_rate_period = key_period, updated_at = now()
      WHERE q.name = declare_queue.name;
     IF old.per_key IS NOT NULL
        AND (declare_queue.per_key IS NULL OR declare_queue.per_key > old.per_key) THEN
         UPDATE werkfluss.queue y SET parked = false WHERE y.queue_name = declare_queue.name AND y.parked;
+    END IF;
+    IF old.key_rate_limit IS NOT NULL
+       AND (old.key_rate_limit, old.key_rate_period)
+           IS DISTINCT FROM (declare_queue.key_rate_limit, key_period) THEN
+        UPDATE werkfluss.queue y SET available_at = now(), ready = true, throttled_until = NULL
+         WHERE y.queue_name = declare_queue.name AND NOT y.ready AND y.lease_id IS NULL
+           AND y.throttled_until = y.available_at;
+        DELETE FROM werkfluss.rate_limits b
+         WHERE left(b.name, length(declare_queue.name) + 7) = 'queue:' || declare_queue.name || '['
+           AND right(b.name, 1) = ']';
     END IF;
     PERFORM pg_notify('werkfluss_queue', '');
     RETURN 'changed';
@@ -1531,7 +1620,7 @@ CREATE TABLE werkfluss.audit (
     run_id text,
     detail jsonb DEFAULT '{}'::jsonb NOT NULL,
     client text,
-    CONSTRAINT audit_action_check CHECK ((action = ANY (ARRAY['cancel'::text, 'retry'::text, 'send'::text])))
+    CONSTRAINT audit_action_check CHECK ((action = ANY (ARRAY['cancel'::text, 'retry'::text, 'send'::text, 'pause'::text, 'resume'::text, 'trigger'::text, 'delete'::text])))
 );
 
 ALTER TABLE werkfluss.audit ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (
@@ -1604,7 +1693,8 @@ CREATE TABLE werkfluss.queue (
     ready boolean DEFAULT true NOT NULL,
     parked boolean DEFAULT false NOT NULL,
     debounce_key text,
-    sort_at timestamp with time zone GENERATED ALWAYS AS ((((available_at AT TIME ZONE '00:00:00'::interval) + make_interval(secs => priority_lag)) AT TIME ZONE '00:00:00'::interval)) STORED
+    sort_at timestamp with time zone GENERATED ALWAYS AS ((((available_at AT TIME ZONE '00:00:00'::interval) + make_interval(secs => priority_lag)) AT TIME ZONE '00:00:00'::interval)) STORED,
+    throttled_until timestamp with time zone
 );
 
 CREATE TABLE werkfluss.queues (
@@ -1617,8 +1707,13 @@ CREATE TABLE werkfluss.queues (
     priority_aging double precision DEFAULT 60 NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    key_rate_limit integer,
+    key_rate_period double precision,
     CONSTRAINT queues_check CHECK (((rate_limit IS NULL) = (rate_period IS NULL))),
     CONSTRAINT queues_concurrency_check CHECK (((concurrency >= 1) AND (concurrency <= 1000000))),
+    CONSTRAINT queues_key_rate_check CHECK (((key_rate_limit IS NULL) = (key_rate_period IS NULL))),
+    CONSTRAINT queues_key_rate_limit_check CHECK (((key_rate_limit >= 1) AND (key_rate_limit <= 1000000000))),
+    CONSTRAINT queues_key_rate_period_check CHECK (((key_rate_period > (0)::double precision) AND (key_rate_period <= (2678400)::double precision))),
     CONSTRAINT queues_per_key_check CHECK (((per_key >= 1) AND (per_key <= 1000000))),
     CONSTRAINT queues_priority_aging_check CHECK (((priority_aging > (0)::double precision) AND (priority_aging <= (86400)::double precision))),
     CONSTRAINT queues_rate_limit_check CHECK (((rate_limit >= 1) AND (rate_limit <= 1000000000))),
@@ -1659,6 +1754,7 @@ WITH (fillfactor='50');
 CREATE VIEW werkfluss.pending_reasons AS
  SELECT q.run_id,
         CASE
+            WHEN ((q.throttled_until = q.available_at) AND (q.available_at > now())) THEN jsonb_build_object('kind', 'rate', 'name', ((('queue '::text || q.queue_name) || ' key '::text) || q.concurrency_key), 'queue', q.queue_name, 'key', q.concurrency_key, 'until', q.available_at)
             WHEN ((q.available_at > now()) AND (q.available_at < 'infinity'::timestamp with time zone)) THEN jsonb_build_object('kind', 'scheduled', 'at', q.available_at)
             WHEN ((k.per_key IS NOT NULL) AND (q.concurrency_key IS NOT NULL) AND (q.parked OR (( SELECT count(*) AS count
                FROM werkfluss.queue x
@@ -1671,6 +1767,7 @@ CREATE VIEW werkfluss.pending_reasons AS
                FROM werkfluss.queue x
               WHERE ((x.queue_name = q.queue_name) AND (x.lease_id IS NOT NULL))))
             WHEN ((k.rate_limit IS NOT NULL) AND (q.claims = 0) AND (t.tokens < (1)::double precision)) THEN jsonb_build_object('kind', 'rate', 'name', ('queue '::text || k.name), 'until', (now() + make_interval(secs => ((((1)::double precision - t.tokens) * b.period) / (b.capacity)::double precision))))
+            WHEN ((k.key_rate_limit IS NOT NULL) AND (q.concurrency_key IS NOT NULL) AND (q.claims = 0) AND (q.throttled_until IS DISTINCT FROM q.available_at) AND (kt.tokens < (1)::double precision)) THEN jsonb_build_object('kind', 'rate', 'name', ((('queue '::text || k.name) || ' key '::text) || q.concurrency_key), 'queue', k.name, 'key', q.concurrency_key, 'until', (now() + make_interval(secs => ((((1)::double precision - kt.tokens) * kb.period) / (kb.capacity)::double precision))))
             WHEN ((k.worker_concurrency IS NOT NULL) AND (EXISTS ( SELECT 1
                FROM werkfluss.workers w
               WHERE ((w.state = 'running'::text) AND (q.workflow = ANY (w.workflows)) AND (w.heartbeat_at >= (now() - make_interval(secs => w.lease_seconds)))))) AND (NOT (EXISTS ( SELECT 1
@@ -1680,11 +1777,13 @@ CREATE VIEW werkfluss.pending_reasons AS
                       WHERE ((x.worker_id = w.id) AND (x.lease_id IS NOT NULL) AND (x.queue_name = q.queue_name))) < k.worker_concurrency)))))) THEN jsonb_build_object('kind', 'worker_limit', 'queue', k.name, 'limit', k.worker_concurrency)
             ELSE NULL::jsonb
         END AS blocked
-   FROM ((((werkfluss.queue q
+   FROM ((((((werkfluss.queue q
      JOIN werkfluss.runs r ON (((r.id = q.run_id) AND (r.status = 'pending'::text))))
      LEFT JOIN werkfluss.queues k ON ((k.name = q.queue_name)))
      LEFT JOIN werkfluss.rate_limits b ON ((b.name = ('queue:'::text || q.queue_name))))
      LEFT JOIN LATERAL ( SELECT LEAST((b.capacity)::double precision, (b.tokens + (((GREATEST((0)::numeric, EXTRACT(epoch FROM (now() - b.refreshed_at))) * (b.capacity)::numeric))::double precision / b.period))) AS tokens) t ON ((b.name IS NOT NULL)))
+     LEFT JOIN werkfluss.rate_limits kb ON ((kb.name = (((('queue:'::text || q.queue_name) || '['::text) || q.concurrency_key) || ']'::text))))
+     LEFT JOIN LATERAL ( SELECT LEAST((kb.capacity)::double precision, (kb.tokens + (((GREATEST((0)::numeric, EXTRACT(epoch FROM (now() - kb.refreshed_at))) * (kb.capacity)::numeric))::double precision / kb.period))) AS tokens) kt ON ((kb.name IS NOT NULL)))
   WHERE (q.lease_id IS NULL);
 
 CREATE TABLE werkfluss.workflow_queues (
@@ -1817,6 +1916,8 @@ REVOKE ALL ON FUNCTION werkfluss._scheduled_at(tick timestamp with time zone, tz
 
 REVOKE ALL ON FUNCTION werkfluss._send(token text, payload jsonb) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION werkfluss._take_key_start_token(queue_name text, key text, run_id text, capacity integer, period double precision) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION werkfluss._take_token(name text, capacity integer, period double precision, run_id text, waited boolean) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss._upsert_schedule(name text, workflow text, cron text, timezone text, args jsonb, kwargs jsonb, catchup text, overlap text, catchup_limit integer, origin text) FROM PUBLIC;
@@ -1828,7 +1929,7 @@ GRANT ALL ON FUNCTION werkfluss.cancel_run(run_id text) TO werkfluss_client;
 
 REVOKE ALL ON FUNCTION werkfluss.create_schedule(name text, workflow text, cron text, timezone text, args jsonb, kwargs jsonb, catchup text, overlap text, catchup_limit integer) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION werkfluss.declare_queue(name text, concurrency integer, per_key integer, worker_concurrency integer, rate_limit integer, rate_period interval, priority_aging interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION werkfluss.declare_queue(name text, concurrency integer, per_key integer, worker_concurrency integer, rate_limit integer, rate_period interval, priority_aging interval, key_rate_limit integer, key_rate_period interval) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION werkfluss.delete_schedule(name text) FROM PUBLIC;
 

@@ -132,6 +132,17 @@ class ScheduleNotFound(WerkflussError, LookupError):
         return f"no schedule named {self.name!r}; list schedules with `python -m werkfluss schedules`"
 
 
+class RateLimitKeyError(WerkflussError):
+    """A step's ``rate_limit_key`` raised, or returned something that cannot
+    key a rate limit (it must return a non-blank string or an int of at most
+    255 characters).
+
+    Raised in the workflow at the step call, before anything is recorded (as
+    a step input that cannot be serialized is): the run fails with it unless
+    the workflow catches it. Other runs are not affected.
+    """
+
+
 class InvalidCron(InvalidArgument):
     """A cron expression that the parser refuses (wrong number of fields, a
     value out of range, a date that never comes)."""

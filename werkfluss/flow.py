@@ -10,6 +10,9 @@
     @step(rate_limit="api:100/min")       # one token bucket, shared by every worker
     async def call_api(path: str) -> dict: ...
 
+    @step(rate_limit="api:10/s", rate_limit_key=lambda customer, path: customer)
+    async def call_for(customer: str, path: str) -> dict: ...   # a bucket per customer
+
     await engine.start(export, "c-42", options=StartOptions(
         concurrency_key="c-42", priority=1, delay="10m"))
 
@@ -23,6 +26,8 @@ PostgreSQL (see ``sql/migrations/0008_flow_control.sql`` and
     (100, 60.0)
     >>> parse_rate_limit("api:10/s")
     RateLimit(name='api', limit=10, period=1.0)
+    >>> parse_rate_limit("api:10/s").keyed("customer-42").name
+    'api[customer-42]'
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from werkfluss.durations import Duration, optional_duration, parse_duration
-from werkfluss.errors import InvalidArgument
+from werkfluss.errors import InvalidArgument, RateLimitKeyError
 from werkfluss.limits import check_name
 
 #: Priorities go from 0 (first, the default) to this number.
@@ -64,6 +69,29 @@ class RateLimit:
 
     def __str__(self) -> str:
         return f"{self.name}:{self.limit}/{self.period:g}s"
+
+    def keyed(self, key: Any) -> RateLimit:
+        """The same limit in the bucket of ``key``: ``<name>[<key>]``.
+
+        Names of rate limits (and of queues) contain no ``[``, so the bucket
+        of a key never has the name of another limit. Raises
+        :class:`RateLimitKeyError` for a key that is not a non-blank string
+        or int of at most 255 characters.
+        """
+        try:
+            key = check_key(key, "the rate limit key")
+        except InvalidArgument as err:
+            raise RateLimitKeyError(f"{err} (for rate limit {self.name!r})") from None
+        return RateLimit(f"{self.name}[{key}]", self.limit, self.period)
+
+
+def _no_brackets(name: str, what: str, example: str) -> str:
+    if "[" in name or "]" in name:
+        raise InvalidArgument(
+            f"{what} {name!r} contains '[' or ']', which name the token buckets of keys "
+            f"('<name>[<key>]'); use e.g. {example}"
+        )
+    return name
 
 
 def parse_rate(text: str, *, what: str = "rate limit") -> tuple[int, float]:
@@ -96,7 +124,8 @@ def parse_rate_limit(value: str | RateLimit) -> RateLimit:
             "(steps with the same name share one limit)"
         )
     name, _, rate = value.rpartition(":")
-    name = check_name(name.strip(), "the rate limit's name", "'api'")
+    name = _no_brackets(check_name(name.strip(), "the rate limit's name", "'api'"),
+                        "the rate limit's name", "'api.v2'")
     if name.startswith("queue:"):
         raise InvalidArgument(
             f"rate limit names starting with 'queue:' are kept for the start rate limits of queues; "
@@ -111,12 +140,13 @@ def check_queue_name(name: Any) -> str:
     name = check_name(name, "the queue name", "'exports'")
     if len(name.strip()) != len(name):
         raise InvalidArgument(f"the queue name {name!r} starts or ends with whitespace")
-    return name
+    return _no_brackets(name, "the queue name", "'exports.eu'")
 
 
 def check_key(value: Any, what: str) -> str:
-    """A concurrency or debounce key: non-blank text of at most 255 characters."""
-    if isinstance(value, (int,)) and not isinstance(value, bool):
+    """A concurrency, debounce or rate limit key: non-blank text (or an int) of
+    at most 255 characters."""
+    if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     return check_name(value, what, "'customer-42'")
 
@@ -145,6 +175,10 @@ class Queue:
         worker_concurrency: runs of the queue one worker holds at once.
         rate_limit: at most this many runs of the queue *start* per period,
             e.g. ``"100/min"`` (resuming after a sleep is not a start).
+        key_rate_limit: at most this many runs of each concurrency key
+            start per period, e.g. ``"10/min"`` (a token bucket per key;
+            runs without a key are not limited by it). A start of a key
+            without a token waits outside the line until its token comes.
         priority_aging: how much a priority level weighs against waiting time
             (default one minute): a run of priority ``p`` goes before runs of
             priority 0 that became ready more than ``p`` times this after it.
@@ -154,6 +188,7 @@ class Queue:
     ``engine.start`` for a queue the database does not know yet.
 
         exports = Queue("exports", concurrency=20, per_key=5)
+        exports_eu = Queue("exports.eu", per_key=5, key_rate_limit="10/min")
     """
 
     def __init__(
@@ -165,6 +200,7 @@ class Queue:
         worker_concurrency: int | None = None,
         rate_limit: str | None = None,
         priority_aging: Duration = "1m",
+        key_rate_limit: str | None = None,
     ) -> None:
         self.name = check_queue_name(name)
         self.concurrency = _limit(concurrency, "concurrency", MAX_QUEUE_LIMIT)
@@ -173,6 +209,9 @@ class Queue:
         self.rate_limit = rate_limit
         self.rate: tuple[int, float] | None = (
             None if rate_limit is None else parse_rate(rate_limit, what="the queue's rate_limit"))
+        self.key_rate_limit = key_rate_limit
+        self.key_rate: tuple[int, float] | None = (
+            None if key_rate_limit is None else parse_rate(key_rate_limit, what="the queue's key_rate_limit"))
         self.priority_aging = parse_duration(priority_aging, what="priority_aging", allow_zero=False)
         if self.priority_aging > MAX_PRIORITY_AGING:
             raise InvalidArgument(f"priority_aging must be at most a day, got {priority_aging!r}")
@@ -180,11 +219,12 @@ class Queue:
 
     @property
     def limits(self) -> tuple[Any, ...]:
-        return (self.concurrency, self.per_key, self.worker_concurrency, self.rate, self.priority_aging)
+        return (self.concurrency, self.per_key, self.worker_concurrency, self.rate, self.priority_aging,
+                self.key_rate)
 
     def __repr__(self) -> str:
         parts = [repr(self.name)]
-        for label in ("concurrency", "per_key", "worker_concurrency", "rate_limit"):
+        for label in ("concurrency", "per_key", "worker_concurrency", "rate_limit", "key_rate_limit"):
             value = getattr(self, label)
             if value is not None:
                 parts.append(f"{label}={value!r}")

@@ -3,8 +3,8 @@
 `werkfluss dashboard` runs as a process of its own, logged in as a role with
 exactly the grants docs/operations.md gives, on runs in every state
 (tests/dashboard_app.py). The browser loads the pages, filters, opens a run
-and sees its timeline, sends a payload, and cancels a run with the token after
-being refused without it.
+and sees its timeline, sends a payload, cancels a run with the token after
+being refused without it, and pauses and deletes a schedule.
 
 Nothing is downloaded: the browser is /usr/bin/chromium and the driver
 /usr/bin/chromedriver (``apt-get install chromium chromium-driver``; .ci/run
@@ -230,3 +230,21 @@ def test_the_dashboard_in_a_browser(browser: WebDriver, dashboard_url: str, dsn:
     wait_for(browser, text_in("run-id", "odd/100% sure?"), "the odd id's page")
     browser.get(dashboard_url + "workers")
     assert browser.find_elements(By.CSS_SELECTOR, '#worker-rows tr[data-state="stopped"]')
+
+    # --- a schedule: pause it, then delete it (after confirming) -----------------------------
+    sql(dsn, "SELECT werkfluss.create_schedule('browser-report', 'tests.dash.report', '0 5 * * *')")
+    browser.get(dashboard_url + "schedules")
+    row = '#schedule-rows tr[data-schedule="browser-report"]'
+    click(browser, By.CSS_SELECTOR, f"{row} .pause-button")
+    wait_for(browser, lambda d: flash(d) == "Paused: the schedule starts no run until it is resumed.",
+             "the schedule paused")
+    wait_for(browser, expected_conditions.presence_of_element_located(
+        (By.CSS_SELECTOR, f'{row}[data-state="paused"] .resume-button')), "the row showing it paused")
+    assert sql_value(dsn, "SELECT paused FROM werkfluss.schedules WHERE name = 'browser-report'") is True
+    click(browser, By.CSS_SELECTOR, f"{row} .delete-button")
+    confirm(browser)
+    wait_for(browser, lambda d: flash(d) == "Schedule deleted; the runs it started are kept.", "the deletion")
+    assert not browser.find_elements(By.CSS_SELECTOR, row)
+    assert sql(dsn, "SELECT action, detail->>'outcome', client FROM werkfluss.audit"
+                    " WHERE detail->>'schedule' = 'browser-report' ORDER BY id") == [
+        ("pause", "paused", "127.0.0.1"), ("delete", "deleted", "127.0.0.1")]

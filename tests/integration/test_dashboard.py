@@ -639,10 +639,180 @@ def test_a_schedules_last_run_links_to_its_page_with_its_status(flow: str) -> No
         assert client.get(f"/runs/{run_id}").status_code == 200
 
 
-def test_the_queue_and_schedule_pages_offer_no_actions(flow: str) -> None:
+def test_the_queues_page_shows_a_per_key_start_rate_and_the_starts_waiting_for_it(flow: str) -> None:
+    sql(flow, "SELECT werkfluss.declare_queue('tests.dash.keyed', key_rate_limit => 1,"
+              " key_rate_period => '1 hour')")
+    sql(flow, "SELECT werkfluss.start_run('tests.dash.keyed_export', '[]', 'keyed:' || i,"
+              " queue => 'tests.dash.keyed', concurrency_key => 'customer-42') FROM generate_series(1, 3) i")
+    try:
+        claimed = sql(flow, "SELECT (c.run).id"
+                            "  FROM werkfluss._claim(ARRAY['tests.dash.keyed_export'], 10, 'w') c")
+        assert claimed == [("keyed:1",)]
+        with dashboard(flow) as client:
+            row = queue_row(client.get("/queues").text, "tests.dash.keyed")
+            assert re.search(r'class="key-rate">1 per 1h 00m<div class="sub">for each key</div>', row), row
+            assert re.search(r'class="num throttled">2<', row)
+            assert re.search(r'class="num depth">2<', row)
+            listed = client.get("/api/queues").json()["queues"]
+            (keyed,) = [q for q in listed if q["name"] == "tests.dash.keyed"]
+            assert (keyed["key_rate_limit"], keyed["key_rate_period"], keyed["throttled"]) == (1, 3600.0, 2)
+            page = unescape(client.get("/runs/keyed:2").text)
+            assert "rate limit queue tests.dash.keyed key customer-42 until " in page
+    finally:
+        sql(flow, "SELECT werkfluss.cancel_run('keyed:' || i) FROM generate_series(1, 3) i")
+        sql(flow, "DELETE FROM werkfluss.queues WHERE name = 'tests.dash.keyed'")
+
+
+def test_the_queues_page_offers_no_actions(flow: str) -> None:
     with dashboard(flow, token=TOKEN) as client:
-        for path in ("/queues", "/schedules"):
-            assert "data-action" not in client.get(path).text
+        assert "data-action" not in client.get("/queues").text
+
+
+# --- schedule actions ----------------------------------------------------------------------------
+
+
+@contextmanager
+def schedule(dsn: str, name: str, *, paused: bool = False) -> Iterator[str]:
+    """A schedule of its own for a test (deleted afterwards, with the runs it started)."""
+    sql(dsn, "SELECT werkfluss.create_schedule(%s, 'tests.dash.report', '0 5 * * *', 'Europe/Berlin')",
+        [name])
+    if paused:
+        sql(dsn, "SELECT werkfluss.pause_schedule(%s)", [name])
+    try:
+        yield name
+    finally:
+        sql(dsn, "DELETE FROM werkfluss.schedules WHERE name = %s", [name])
+        sql(dsn, "DELETE FROM werkfluss.queue WHERE run_id LIKE %s", [f"schedule:{name}:%"])
+        sql(dsn, "DELETE FROM werkfluss.runs WHERE id LIKE %s", [f"schedule:{name}:%"])
+
+
+def schedule_audit(dsn: str, name: str) -> list[tuple[Any, ...]]:
+    return sql(dsn, "SELECT action, run_id, detail->>'outcome', client FROM werkfluss.audit"
+                    " WHERE detail->>'schedule' = %s ORDER BY id", [name])
+
+
+def paused(dsn: str, name: str) -> bool | None:
+    value = sql_value(dsn, "SELECT paused FROM werkfluss.schedules WHERE name = %s", [name])
+    return None if value is None else bool(value)
+
+
+def act(client: TestClient, action: str, name: str | None, headers: dict[str, str] = WITH_TOKEN) -> Any:
+    body = {} if name is None else {"schedule": name}
+    return client.post(f"/actions/schedule/{action}", json=body, headers=headers)
+
+
+def test_schedule_actions_are_offered_with_the_token_only(flow: str) -> None:
+    with schedule(flow, "offered-report"), schedule(flow, "offered-paused", paused=True):
+        with dashboard(flow) as client:
+            page = client.get("/schedules").text
+            assert "data-action" not in page
+            assert "werkfluss schedules pause|resume|trigger|delete NAME" in page
+        with dashboard(flow, token=TOKEN) as client:
+            page = client.get("/schedules").text
+            polled = client.get("/api/schedules").json()["html"]["schedule_rows"]
+    for html in (page, polled):
+        active, held = schedule_row(html, "offered-report"), schedule_row(html, "offered-paused")
+        assert 'data-action="pause"' in active
+        assert 'data-action="resume"' not in active
+        assert 'data-action="resume"' in held
+        assert 'data-action="pause"' not in held
+        for row in (active, held):
+            assert 'data-action="trigger" data-confirm="Start a run of ' in row
+            assert 'data-action="delete" data-confirm="Delete schedule ' in row
+    # A schedule declared in code comes back when a worker starts: the confirmation says so.
+    code = schedule_row(page, "nightly-report")
+    assert "Delete schedule nightly-report? The runs it started are kept." in unescape(code)
+
+
+def test_pause_resume_trigger_and_delete_a_schedule_with_the_token(flow: str) -> None:
+    with schedule(flow, "acted-report") as name, dashboard(flow, token=TOKEN) as client:
+        with capture_logs() as logs:
+            paused_now = act(client, "pause", name)
+        assert paused_now.status_code == 200
+        assert paused_now.json() == {
+            "ok": True, "message": "Paused: the schedule starts no run until it is resumed.",
+            "outcome": "paused", "schedule": name}
+        assert paused(flow, name) is True
+        assert {"event": "dashboard.action", "log_level": "info", "action": "pause", "run_id": None,
+                "outcome": "paused", "client": "testclient"} in logs
+        assert act(client, "pause", name).json()["outcome"] == "already_paused"
+        assert act(client, "resume", name).json()["outcome"] == "resumed"
+        assert paused(flow, name) is False
+        assert act(client, "resume", name).json()["outcome"] == "not_paused"
+
+        triggered = act(client, "trigger", name)
+        assert triggered.status_code == 200
+        run_id = triggered.json()["run_id"]
+        assert run_id.startswith(f"schedule:{name}:manual:")
+        assert status_of(flow, run_id) == "pending"
+        assert f'<a href="/runs/{run_id}">{run_id}</a>' in schedule_row(client.get("/schedules").text, name)
+
+        deleted = act(client, "delete", name)
+        assert deleted.json()["outcome"] == "deleted"
+        assert paused(flow, name) is None
+        assert status_of(flow, run_id) == "pending"  # the runs it started are kept
+        gone = act(client, "delete", name)
+        assert gone.status_code == 404
+        assert gone.json()["message"] == (
+            f"no schedule named {name!r}; list schedules with `python -m werkfluss schedules`")
+        assert schedule_audit(flow, name) == [
+            ("pause", None, "paused", "testclient"), ("pause", None, "already_paused", "testclient"),
+            ("resume", None, "resumed", "testclient"), ("resume", None, "not_paused", "testclient"),
+            ("trigger", run_id, "triggered", "testclient"), ("delete", None, "deleted", "testclient")]
+        audit_page = client.get("/audit").text
+        assert '<tr data-action="trigger">' in audit_page
+        assert "<code>schedule</code> acted-report" in audit_page
+
+
+@pytest.mark.parametrize("action", ["pause", "resume", "trigger", "delete"])
+def test_a_schedule_action_without_the_token_is_refused_and_changes_nothing(flow: str, action: str) -> None:
+    with schedule(flow, "guarded-report") as name:
+        with dashboard(flow) as viewer:
+            read_only = act(viewer, action, name)
+        assert read_only.status_code == 403
+        assert read_only.json()["reason"] == "read_only"
+        with dashboard(flow, token=TOKEN) as client:
+            for headers in (JSON, {**JSON, "X-Werkfluss-Token": "not-the-token-at-all-1234"}):
+                answer = act(client, action, name, headers)
+                assert answer.status_code == 403
+                assert answer.json()["reason"] == "bad_token"
+            cross = act(client, action, name, {**WITH_TOKEN, "Origin": "https://evil.example"})
+            assert cross.json()["reason"] == "cross_origin"
+        assert paused(flow, name) is False
+        assert sql_value(flow, "SELECT count(*) FROM werkfluss.runs WHERE id LIKE %s",
+                         [f"schedule:{name}:%"]) == 0
+        assert schedule_audit(flow, name) == []
+
+
+def test_a_plain_form_acting_on_a_schedule_is_redirected(flow: str) -> None:
+    with schedule(flow, "form-report") as name, dashboard(flow, token=TOKEN) as client:
+        answer = client.post("/actions/schedule/pause", data={"schedule": name, "access_token": TOKEN},
+                             follow_redirects=False)
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/schedules?done=pause%3Apaused"
+        page = client.get(answer.headers["location"]).text
+        assert ('<div id="flash" role="status" class="flash ok">'
+                'Paused: the schedule starts no run until it is resumed.</div>') in page
+        started = client.post("/actions/schedule/trigger", data={"schedule": name, "access_token": TOKEN},
+                              follow_redirects=False)
+        assert started.status_code == 303
+        assert started.headers["location"].startswith(f"/runs/schedule:{name}:manual:")
+        assert started.headers["location"].endswith("?done=trigger%3Atriggered")
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({}, 400, "the schedule name is None"),
+    ({"schedule": "a:b"}, 400, "contains ':'"),
+    ({"schedule": "no-such-schedule"}, 404, "no schedule named 'no-such-schedule'"),
+])
+def test_bad_schedule_action_requests_get_a_clear_error(
+    flow: str, body: dict[str, str], status: int, message: str
+) -> None:
+    with dashboard(flow, token=TOKEN) as client:
+        for action in ("pause", "resume", "trigger", "delete"):
+            answer = client.post(f"/actions/schedule/{action}", json=body, headers=WITH_TOKEN)
+            assert answer.status_code == status, action
+            assert message in answer.json()["message"]
 
 
 # --- its database role -------------------------------------------------------------------------
@@ -660,6 +830,9 @@ def test_the_dashboard_works_with_exactly_the_documented_grants(seeded: str) -> 
         assert retry.status_code == 200
         sent = send(client, "approve:bob", '"yes"')
         assert sent.json()["outcome"] == "delivered"
+        with schedule(seeded, "granted-report") as name:
+            for action in ("pause", "resume", "trigger", "delete"):
+                assert act(client, action, name).status_code == 200, action
     assert status_of(seeded, "hold:6") == "cancelled"
     assert status_of(seeded, "fail:3") == "pending"
     assert audit(seeded, "onboard:bob") == [("send", "delivered", "testclient")]
@@ -677,6 +850,7 @@ def test_a_read_only_dashboard_needs_only_the_read_grants(seeded: str) -> None:
     message = str(refused.value)
     assert "INSERT on werkfluss.audit" in message
     assert "EXECUTE on werkfluss.retry_run(text)" in message
+    assert "EXECUTE on werkfluss.pause_schedule(text)" in message
     assert "see the Dashboard section of docs/operations.md" in message
 
 

@@ -521,7 +521,8 @@ def test_positional_sql_starts_keep_working(dsn: str) -> None:
 def test_the_cli_starts_into_queues_and_shows_queues_and_why_runs_wait(dsn: str) -> None:
     from ..helpers import run_cli
 
-    sql(dsn, "SELECT werkfluss.declare_queue('tests.flow.cli', concurrency => 3, per_key => 1)")
+    sql(dsn, "SELECT werkfluss.declare_queue('tests.flow.cli', concurrency => 3, per_key => 1,"
+             " key_rate_limit => 5, key_rate_period => '1 hour')")
     for i in range(2):
         started = run_cli("start", "tests.flow.plain", f'["c{i}"]', "--queue", "tests.flow.cli",
                           "--concurrency-key", "k", "--priority", "2", dsn=dsn)
@@ -534,9 +535,10 @@ def test_the_cli_starts_into_queues_and_shows_queues_and_why_runs_wait(dsn: str)
     queues = run_cli("queues", dsn=dsn)
     assert queues.returncode == 0, queues.stderr
     header, _, row = queues.stdout.strip().splitlines()
-    assert header.split() == ["queue", "running", "per", "key", "per", "worker", "start", "rate", "ready",
-                              "parked", "scheduled", "suspended", "keys", "at", "limit"]
-    assert row.split() == ["tests.flow.cli", "1/3", "1", "-", "-", "0", "1", "1", "0", "1"]
+    assert header.split() == ["queue", "running", "per", "key", "per", "worker", "start", "rate", "key",
+                              "start", "rate", "ready", "parked", "throttled", "scheduled", "suspended",
+                              "keys", "at", "limit"]
+    assert row.split() == ["tests.flow.cli", "1/3", "1", "-", "-", "5/3600s", "0", "1", "0", "1", "0", "1"]
     as_json = run_cli("queues", "--json", dsn=dsn)
     (queue,) = __import__("json").loads(as_json.stdout)
     assert (queue["running"], queue["parked"], queue["depth"]) == (1, 1, 2)

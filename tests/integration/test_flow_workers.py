@@ -129,3 +129,49 @@ async def test_limits_hold_across_worker_processes_and_a_sigkill(
     # The dead worker's runs were taken over after its reaping, and none is left behind.
     assert sql_value(dsn, "SELECT count(*) FROM werkfluss.queue") == 0
     assert sql_value(dsn, "SELECT count(*) FROM werkfluss.workers WHERE state = 'dead'") == 1
+
+
+def _most_in_window(times: list[dt.datetime], window: float) -> int:
+    seconds = sorted(t.timestamp() for t in times)
+    return max(sum(1 for t in seconds if start <= t < start + window) for start in seconds)
+
+
+@pytest.mark.timeout(120)
+async def test_rate_limits_per_key_hold_across_worker_processes(
+    engine: Engine, dsn: str, workers: list[WorkerProcess]
+) -> None:
+    """Queue tests.flowapp.syncs starts at most 4 runs of a key a second; each
+    run calls a step limited to 3 calls of its key a second."""
+    for worker in workers:
+        await worker.wait_for_output("worker.started")
+    busy = [await engine.start("tests.flowapp.sync", "a", 1, options=StartOptions(concurrency_key="a"))
+            for _ in range(12)]
+    quiet = [await engine.start("tests.flowapp.sync", "b", 1, options=StartOptions(concurrency_key="b"))
+             for _ in range(3)]
+    assert await asyncio.gather(*(h.result(timeout=60) for h in busy + quiet)) == [0] * 15
+
+    def started(key: str) -> list[dt.datetime]:
+        return [r[0] for r in sql(dsn, "SELECT started_at FROM werkfluss.runs WHERE concurrency_key = %s",
+                                  [key])]
+
+    def bodies(key: str) -> list[dt.datetime]:
+        return [r[0] for r in sql(dsn, "SELECT started FROM test_flow_bodies WHERE key = %s", [key])]
+
+    # Starts, by the database's clock as the claims took their tokens: 4, then 4 a second.
+    a_starts, b_starts = started("a"), started("b")
+    assert (max(a_starts) - min(a_starts)).total_seconds() >= 1.9
+    for window in (0.5, 1.0, 2.0):
+        assert _most_in_window(a_starts, window) <= 4 + 4 * window, window
+    # Calls of the step: 3, then 3 a second (a body begins a little after its token).
+    a_calls, b_calls = bodies("a"), bodies("b")
+    assert len(a_calls) == 12
+    assert len(b_calls) == 3
+    assert (max(a_calls) - min(a_calls)).total_seconds() >= 2.8
+    for window in (0.5, 1.0, 2.0):
+        assert _most_in_window(a_calls, window) <= 3 + 3 * window + 1, window
+    # Key b had buckets of its own: its runs started and called at once.
+    first = min(a_starts + b_starts)
+    assert (max(b_starts) - first).total_seconds() < 0.5
+    assert (max(b_calls) - first).total_seconds() < 1.0
+    # More than one process did the work.
+    assert len({r[0] for r in sql(dsn, "SELECT DISTINCT pid FROM test_flow_bodies")}) >= 2

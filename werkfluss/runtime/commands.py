@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from werkfluss.records import LogRecord
 
 if TYPE_CHECKING:
+    from werkfluss.flow import RateLimit
     from werkfluss.runtime.context import StepInfo
     from werkfluss.runtime.steps import Step
 
@@ -29,6 +30,8 @@ class ExecuteStep:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     info: StepInfo
+    #: The bucket each attempt takes a token from (the step's rate limit, for its key).
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)

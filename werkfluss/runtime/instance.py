@@ -53,6 +53,7 @@ from werkfluss.runtime.loop import DurableTimerHandle, WorkflowLoop
 from werkfluss.runtime.state import Lifecycle, RunState
 
 if TYPE_CHECKING:
+    from werkfluss.flow import RateLimit
     from werkfluss.runtime.steps import Step
     from werkfluss.runtime.workflows import Workflow
 
@@ -416,13 +417,13 @@ class WorkflowInstance:
         self.emit(cmd.AppendRecord(record))
 
     def execute_step(self, seq: int, step: Step[..., Any], args: tuple[Any, ...],
-                     kwargs: dict[str, Any]) -> None:
+                     kwargs: dict[str, Any], *, rate_limit: RateLimit | None = None) -> None:
         from werkfluss.runtime.context import StepInfo
 
         if not self._writing():
             return
         info = StepInfo(self.run_id, self.workflow.name, step.name, seq, 1)
-        command = cmd.ExecuteStep(seq, step, args, kwargs, info)
+        command = cmd.ExecuteStep(seq, step, args, kwargs, info, rate_limit)
         if self._stopping:
             self._held.append(command)
             return

@@ -9,6 +9,9 @@
     @step(rate_limit="api:100/min")           # at most 100 executions a minute, all workers
     async def call_api(path: str) -> dict: ...
 
+    @step(rate_limit="api:10/s", rate_limit_key=lambda customer, path: customer)
+    async def call_for(customer: str, path: str) -> dict: ...   # 10 a second per customer
+
 Inside a workflow run, calling a step returns an awaitable; its position in
 the run (its *seq*) is fixed at the call, so ``asyncio.gather`` over steps
 replays deterministically. Outside a run a step is the plain function.
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from werkfluss import serializer
 from werkfluss.durations import Duration, optional_duration, parse_duration
-from werkfluss.errors import InvalidArgument, StepFailed
+from werkfluss.errors import InvalidArgument, RateLimitKeyError, StepFailed
 from werkfluss.flow import RateLimit, parse_rate_limit
 from werkfluss.limits import check_name
 from werkfluss.records import LogRecord
@@ -51,6 +54,7 @@ class StepOptions:
     backoff: float = 2.0
     timeout: float | None = None
     rate_limit: RateLimit | None = None
+    rate_limit_key: Callable[..., Any] | None = None
 
     def delay_before(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based), at most a day."""
@@ -112,6 +116,7 @@ def step(
     timeout: Duration | None = None,
     name: str | None = None,
     rate_limit: str | RateLimit | None = None,
+    rate_limit_key: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -125,6 +130,7 @@ def step(
     timeout: Duration | None = None,
     name: str | None = None,
     rate_limit: str | RateLimit | None = None,
+    rate_limit_key: Callable[..., Any] | None = None,
 ) -> Any:
     """Make a function a durable step (bare ``@step`` or ``@step(retries=3, ...)``).
 
@@ -139,9 +145,25 @@ def step(
       attempt takes a token from the bucket ``name``, shared by all workers
       and all steps that name it; without a token the attempt waits on its
       worker (the run keeps its worker slot) until one is there.
+    * ``rate_limit_key`` — a function of the step's arguments (called with
+      the same arguments as the step) returning a key (a string or an int):
+      each key gets a bucket of its own, ``<name>[<key>]``, so the limit
+      holds per key, e.g. ``rate_limit_key=lambda customer, path: customer``.
+      It is called in the workflow at the step call, so it must be
+      deterministic (it runs again on replay); if it raises or returns
+      something else, the call raises :class:`RateLimitKeyError`.
     """
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= MAX_RETRIES:
         raise InvalidArgument(f"retries must be a whole number from 0 to {MAX_RETRIES}, got {retries!r}")
+    if rate_limit_key is not None:
+        if rate_limit is None:
+            raise InvalidArgument(
+                "rate_limit_key needs rate_limit, e.g. "
+                "@step(rate_limit='api:100/min', rate_limit_key=lambda customer, path: customer)")
+        if not callable(rate_limit_key) or inspect.iscoroutinefunction(rate_limit_key):
+            raise InvalidArgument(
+                "rate_limit_key must be a plain (not async) function of the step's arguments that returns "
+                f"the key, e.g. lambda customer, path: customer; got {rate_limit_key!r}")
     if (not isinstance(backoff, (int, float)) or isinstance(backoff, bool)
             or not 1 <= backoff <= MAX_BACKOFF):
         raise InvalidArgument(f"backoff must be a number from 1 to {MAX_BACKOFF:g}, got {backoff!r}")
@@ -151,6 +173,7 @@ def step(
         backoff=float(backoff),
         timeout=optional_duration(timeout, what="timeout"),
         rate_limit=None if rate_limit is None else parse_rate_limit(rate_limit),
+        rate_limit_key=rate_limit_key,
     )
     if options.timeout == 0:
         raise InvalidArgument("timeout must be positive")
@@ -191,12 +214,14 @@ class StepCall(DurableCall):
         self._input = serializer.dumps(
             {"args": list(args), "kwargs": kwargs}, what=f"the input of step {step_.name}"
         )
+        # The bucket is chosen here too, in the workflow: a replay chooses the same.
+        self.rate_limit = _rate_limit_of(step_, args, kwargs)
 
     def input_json(self) -> str:
         return self._input
 
     def begin(self, run: WorkflowInstance, seq: int) -> None:
-        run.execute_step(seq, self.step, self.args, self.kwargs)
+        run.execute_step(seq, self.step, self.args, self.kwargs, rate_limit=self.rate_limit)
 
     def resolve(self, run: WorkflowInstance, record: LogRecord) -> Any:
         if record.status == "completed":
@@ -207,6 +232,31 @@ class StepCall(DurableCall):
 
     def cancel(self, run: WorkflowInstance, seq: int) -> None:
         run.cancel_step(seq)
+
+
+def _rate_limit_of(step_: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> RateLimit | None:
+    """The bucket a call of ``step_`` takes its tokens from: the step's rate limit,
+    or that of the key its ``rate_limit_key`` gives for these arguments."""
+    limit, key_of = step_.options.rate_limit, step_.options.rate_limit_key
+    if limit is None or key_of is None:
+        return limit
+    try:
+        key = key_of(*args, **kwargs)
+    except Exception as err:
+        raise RateLimitKeyError(
+            f"the rate_limit_key of step {step_.name} raised {type(err).__name__}: {err}; it is called "
+            "with the step's arguments and must return the key (a string or an int)"
+        ) from err
+    try:
+        return limit.keyed(key)
+    except RateLimitKeyError:
+        shown = repr(key)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise RateLimitKeyError(
+            f"the rate_limit_key of step {step_.name} returned {shown}; it must return a non-blank "
+            "string or an int of at most 255 characters"
+        ) from None
 
 
 def await_call(run: WorkflowInstance, call: DurableCall) -> Coroutine[Any, Any, Any]:

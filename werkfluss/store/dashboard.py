@@ -241,6 +241,10 @@ ACTION_GRANTS = {
     "execute_cancel_run": "EXECUTE on werkfluss.cancel_run(text)",
     "execute_retry_run": "EXECUTE on werkfluss.retry_run(text)",
     "execute_send": "EXECUTE on werkfluss.send(text, jsonb)",
+    "execute_pause_schedule": "EXECUTE on werkfluss.pause_schedule(text)",
+    "execute_resume_schedule": "EXECUTE on werkfluss.resume_schedule(text)",
+    "execute_trigger_schedule": "EXECUTE on werkfluss.trigger_schedule(text)",
+    "execute_delete_schedule": "EXECUTE on werkfluss.delete_schedule(text)",
 }
 
 

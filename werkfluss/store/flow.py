@@ -21,10 +21,12 @@ class QueueInfo:
 
     ``running`` runs hold a worker (what the limits count); ``ready`` runs
     wait in line for a free slot or a worker; ``parked`` ones wait because
-    their key is at its limit; ``scheduled`` ones wait for a delayed or
-    debounced start; ``suspended`` ones sleep or wait for an event (they
-    hold no slot). ``keys_at_limit``: keys with ``per_key`` runs holding a
-    worker. ``tokens``: what the start rate limit has left now.
+    their key is at its limit; ``throttled`` ones wait for a token of their
+    key's start rate limit (``key_rate_limit`` per ``key_rate_period``
+    seconds); ``scheduled`` ones wait for a delayed or debounced start;
+    ``suspended`` ones sleep or wait for an event (they hold no slot).
+    ``keys_at_limit``: keys with ``per_key`` runs holding a worker.
+    ``tokens``: what the start rate limit has left now.
     """
 
     name: str
@@ -44,11 +46,14 @@ class QueueInfo:
     tokens: float | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    key_rate_limit: int | None = None
+    key_rate_period: float | None = None
+    throttled: int = 0
 
     @property
     def depth(self) -> int:
-        """Runs waiting to start or resume: ready, parked and scheduled ones."""
-        return self.ready + self.parked + self.scheduled
+        """Runs waiting to start or resume: ready, parked, throttled and scheduled ones."""
+        return self.ready + self.parked + self.throttled + self.scheduled
 
     @classmethod
     def from_row(cls, row: Row) -> QueueInfo:
@@ -58,10 +63,12 @@ class QueueInfo:
 async def declare_queue(connector: Connector, queue: Queue) -> str:
     """Write a queue's limits: ``"created"``, ``"changed"`` or ``"unchanged"``."""
     rate, period = queue.rate if queue.rate is not None else (None, None)
+    key_rate, key_period = queue.key_rate if queue.key_rate is not None else (None, None)
     row = await connector.fetch_one(
         "declare_queue", name=queue.name, concurrency=queue.concurrency, per_key=queue.per_key,
         worker_concurrency=queue.worker_concurrency, rate_limit=rate, rate_period_seconds=period,
-        priority_aging_seconds=queue.priority_aging,
+        priority_aging_seconds=queue.priority_aging, key_rate_limit=key_rate,
+        key_rate_period_seconds=key_period,
     )
     return str(row["outcome"]) if row else "unchanged"
 

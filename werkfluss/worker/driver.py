@@ -325,7 +325,7 @@ class RunDriver:
         if barrier is not None and not barrier.done():
             await asyncio.wait([barrier])
 
-        rate_limit = command.step.options.rate_limit
+        rate_limit = command.rate_limit
         waited = False
 
         async def may_run() -> None:

@@ -125,7 +125,8 @@ class WorkerMetrics:
         self.flow_waiting = gauge(
             "werkfluss_flow_queue_waiting",
             "Runs of a queue waiting: ready (for a slot or a worker), parked (their key at its limit), "
-            "scheduled (a delayed or debounced start)", ["queue", "state"], registry=r)
+            "throttled (for their key's start token), scheduled (a delayed or debounced start)",
+            ["queue", "state"], registry=r)
         self.flow_keys_at_limit = gauge("werkfluss_flow_queue_keys_at_limit",
                                         "Concurrency keys of a queue with per_key runs holding a worker",
                                         ["queue"], registry=r)
@@ -262,7 +263,7 @@ class WorkerMetrics:
             self.flow_running.labels(queue.name).set(queue.running)
             if queue.concurrency is not None:
                 self.flow_limit.labels(queue.name).set(queue.concurrency)
-            for state in ("ready", "parked", "scheduled"):
+            for state in ("ready", "parked", "throttled", "scheduled"):
                 self.flow_waiting.labels(queue.name, state).set(getattr(queue, state))
             self.flow_keys_at_limit.labels(queue.name).set(queue.keys_at_limit)
         self.queue_sampled.set_to_current_time()

@@ -292,7 +292,8 @@ class Worker:
             if outcome == "changed":
                 log.warning("queue.changed", queue=queue.name, worker_id=self.worker_id,
                             concurrency=queue.concurrency, per_key=queue.per_key,
-                            worker_concurrency=queue.worker_concurrency, rate_limit=queue.rate_limit)
+                            worker_concurrency=queue.worker_concurrency, rate_limit=queue.rate_limit,
+                            key_rate_limit=queue.key_rate_limit)
             elif outcome == "created":
                 log.info("queue.created", queue=queue.name, worker_id=self.worker_id)
         for name, wf in self._workflows.items():

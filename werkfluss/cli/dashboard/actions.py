@@ -1,14 +1,17 @@
-"""The dashboard's actions: cancel a run, retry it, send a payload to a hook.
+"""The dashboard's actions: cancel a run, retry it, send a payload to a hook;
+pause, resume, trigger or delete a schedule.
 
 Each one is a POST, allowed only with the access token (see
 :mod:`~werkfluss.cli.dashboard.guard`). An allowed action is recorded in
 ``werkfluss.audit`` (when, what, which run, the outcome, the client's
-address) and logged as ``dashboard.action``; a refused one is logged as
-``dashboard.action_refused`` (level warning) and changes nothing.
+address; for a schedule its name in ``detail``) and logged as
+``dashboard.action``; a refused one is logged as ``dashboard.action_refused``
+(level warning) and changes nothing.
 
 The page's JavaScript posts JSON with the token in a header and gets JSON
 back; a plain HTML form (``access_token`` field) gets a redirect to the run's
-page, or an error page.
+page (the schedules page for a schedule action that started no run), or an
+error page.
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from werkfluss import limits, serializer, telemetry
 from werkfluss.cli.dashboard.guard import FORM_FIELD, Guard
 from werkfluss.engine import Engine
-from werkfluss.errors import DatabaseUnavailable, HookRefused, InvalidArgument, RunNotFound, WerkflussError
+from werkfluss.errors import (
+    DatabaseUnavailable,
+    HookRefused,
+    InvalidArgument,
+    RunNotFound,
+    ScheduleNotFound,
+    WerkflussError,
+)
 from werkfluss.store import dashboard as store
 
 if TYPE_CHECKING:
@@ -40,6 +50,12 @@ DONE = {
     "retry:not_retryable": "Only a failed or cancelled run can be retried.",
     "send:delivered": "Payload delivered.",
     "send:stored": "Payload stored; no hook with this token yet.",
+    "pause:paused": "Paused: the schedule starts no run until it is resumed.",
+    "pause:already_paused": "The schedule was paused already.",
+    "resume:resumed": "Resumed: the schedule runs from its next tick on.",
+    "resume:not_paused": "The schedule was not paused; nothing to resume.",
+    "trigger:triggered": "Triggered: a run of the schedule started now.",
+    "delete:deleted": "Schedule deleted; the runs it started are kept.",
 }
 
 
@@ -69,7 +85,7 @@ async def read_fields(request: Request) -> dict[str, str]:
 
 
 def _status_of(err: WerkflussError) -> int:
-    if isinstance(err, RunNotFound):
+    if isinstance(err, (RunNotFound, ScheduleNotFound)):
         return 404
     if isinstance(err, InvalidArgument):
         return 400
@@ -94,6 +110,18 @@ class Actions:
 
     async def send(self, request: Request) -> Response:
         return await self._act(request, "send", self._send)
+
+    async def pause(self, request: Request) -> Response:
+        return await self._act(request, "pause", self._pause)
+
+    async def resume(self, request: Request) -> Response:
+        return await self._act(request, "resume", self._resume)
+
+    async def trigger(self, request: Request) -> Response:
+        return await self._act(request, "trigger", self._trigger)
+
+    async def delete(self, request: Request) -> Response:
+        return await self._act(request, "delete", self._delete)
 
     # --- the actions themselves --------------------------------------------------------
 
@@ -125,6 +153,26 @@ class Actions:
             detail["payload_bytes"] = len(payload.encode())
         run_id = sent.run_id or fields.get("run_id") or None
         return run_id, sent.outcome, detail
+
+    async def _pause(self, fields: dict[str, str]) -> tuple[str | None, str, dict[str, Any]]:
+        name = limits.check_schedule_name(fields.get("schedule"))
+        paused = await self.engine.pause_schedule(name)
+        return None, "paused" if paused else "already_paused", {"schedule": name}
+
+    async def _resume(self, fields: dict[str, str]) -> tuple[str | None, str, dict[str, Any]]:
+        name = limits.check_schedule_name(fields.get("schedule"))
+        resumed = await self.engine.resume_schedule(name)
+        return None, "resumed" if resumed else "not_paused", {"schedule": name}
+
+    async def _trigger(self, fields: dict[str, str]) -> tuple[str | None, str, dict[str, Any]]:
+        name = limits.check_schedule_name(fields.get("schedule"))
+        handle = await self.engine.trigger_schedule(name)
+        return handle.run_id, "triggered", {"schedule": name}
+
+    async def _delete(self, fields: dict[str, str]) -> tuple[str | None, str, dict[str, Any]]:
+        name = limits.check_schedule_name(fields.get("schedule"))
+        await self.engine.delete_schedule(name)
+        return None, "deleted", {"schedule": name}
 
     # --- the common path ---------------------------------------------------------------
 
@@ -162,10 +210,11 @@ class Actions:
             return self._answer(request, 409, str(HookRefused(detail["token"], outcome)),
                                 run_id=run_id, outcome=outcome)
         return self._answer(request, 200, DONE[f"{action}:{outcome}"], run_id=run_id, outcome=outcome,
-                            done=f"{action}:{outcome}")
+                            done=f"{action}:{outcome}", schedule=detail.get("schedule"))
 
     def _answer(self, request: Request, status: int, message: str, *, run_id: str | None = None,
-                outcome: str | None = None, reason: str | None = None, done: str | None = None) -> Response:
+                outcome: str | None = None, reason: str | None = None, done: str | None = None,
+                schedule: str | None = None) -> Response:
         ok = status == 200
         if "application/json" in request.headers.get("accept", ""):
             body: dict[str, Any] = {"ok": ok, "message": message}
@@ -175,8 +224,14 @@ class Actions:
                 body["reason"] = reason
             if run_id is not None:
                 body["run_id"] = run_id
+            if schedule is not None:
+                body["schedule"] = schedule
             return JSONResponse(body, status_code=status)
-        if ok and run_id is not None and done is not None:
-            url = f"{self.dashboard.run_url(request, run_id)}?{urllib.parse.urlencode({'done': done})}"
-            return RedirectResponse(url, status_code=303)
+        if ok and done is not None:
+            query = urllib.parse.urlencode({"done": done})
+            if run_id is not None:
+                return RedirectResponse(f"{self.dashboard.run_url(request, run_id)}?{query}", status_code=303)
+            if schedule is not None:
+                schedules = f"{request.scope.get('root_path', '')}/schedules"
+                return RedirectResponse(f"{schedules}?{query}", status_code=303)
         return self.dashboard.error_page(request, status, message)

@@ -21,6 +21,7 @@ Routes:
     GET  /schedules, /api/schedules  every schedule: next tick, last run, paused or broken
     GET  /audit                the actions taken through the dashboard
     POST /actions/cancel, /actions/retry, /actions/send   (token required; see guard.py)
+    POST /actions/schedule/pause, .../resume, .../trigger, .../delete   (the same; field ``schedule``)
 """
 
 from __future__ import annotations
@@ -294,7 +295,8 @@ class Dashboard:
 
     async def schedules_page(self, request: Request) -> Response:
         found = await self.engine.schedules()
-        return self.render(request, "schedules.html", schedules=found, title="Schedules")
+        return self.render(request, "schedules.html", schedules=found, title="Schedules",
+                           done_message=DONE.get(request.query_params.get("done", "")))
 
     async def schedules_api(self, request: Request) -> Response:
         found = await self.engine.schedules()
@@ -394,6 +396,8 @@ def create_app(engine: Engine, *, token: str | None = None, owns_engine: bool = 
         Route("/actions/cancel", dashboard.actions.cancel, methods=["POST"], name="cancel"),
         Route("/actions/retry", dashboard.actions.retry, methods=["POST"], name="retry"),
         Route("/actions/send", dashboard.actions.send, methods=["POST"], name="send"),
+        *(Route(f"/actions/schedule/{action}", getattr(dashboard.actions, action), methods=["POST"],
+                name=f"{action}_schedule") for action in ("pause", "resume", "trigger", "delete")),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(
