@@ -490,7 +490,7 @@ BEGIN
             END IF;
             -- A start of a key needs a token of the key's start rate limit
             -- (one reserved for it counts); without one the key's starts are
-            -- put aside until their tokens come (0014).
+            -- put aside until their tokens come.
             CONTINUE WHEN k.key_rate_limit IS NOT NULL AND c.claims = 0 AND c.concurrency_key IS NOT NULL
                       AND NOT werkfluss._take_key_start_token(k.name, c.concurrency_key, c.run_id,
                                                               k.key_rate_limit, k.key_rate_period);

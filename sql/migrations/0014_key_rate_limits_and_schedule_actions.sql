@@ -96,19 +96,15 @@ BEGIN
 END
 $$;
 
--- The claim of 0008, with one addition in the loop over a queue's runs: a
--- start of a key asks _take_key_start_token.
-CREATE OR REPLACE FUNCTION werkfluss._claim(workflows text[], lim integer, worker text)
-RETURNS TABLE (run werkfluss.runs, lease_id uuid, claims integer, previous_lease_id uuid,
-               previous_worker_id text, waited_s double precision, wakeups integer, inbox jsonb,
-               children jsonb, db_now timestamptz, has_log boolean)
+-- The claim's loop over the queues (0013's werkfluss._lease_queued), with one
+-- addition in the loop over a queue's runs: a start of a key asks
+-- _take_key_start_token.
+CREATE OR REPLACE FUNCTION werkfluss._lease_queued(workflows text[], lim integer, worker text,
+                                        OUT ids text[], OUT prev_ids uuid[], OUT prev_wks text[],
+                                        OUT dues timestamptz[])
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    ids       text[] := '{}';
-    prev_ids  uuid[] := '{}';
-    prev_wks  text[] := '{}';
-    dues      timestamptz[] := '{}';
     more_ids  text[];
     more_prev uuid[];
     more_wks  text[];
@@ -125,52 +121,31 @@ DECLARE
     held      integer;
     tokens    double precision;
 BEGIN
-    IF lim IS NULL OR lim <= 0 THEN
-        RETURN;
-    END IF;
-    -- Sleeping and delayed runs whose time has come join the line, and so do
-    -- runs whose lease ran out.
-    UPDATE werkfluss.queue x SET ready = true
-     WHERE x.run_id = ANY(ARRAY(
-               SELECT y.run_id FROM werkfluss.queue y
-                WHERE NOT y.ready AND y.lease_id IS NULL AND y.available_at <= now()
-                ORDER BY y.available_at
-                LIMIT 1000
-                  FOR UPDATE SKIP LOCKED));
-    UPDATE werkfluss.queue x SET ready = true
-     WHERE x.run_id = ANY(ARRAY(
-               SELECT y.run_id FROM werkfluss.queue y
-                WHERE y.lease_id IS NOT NULL AND y.available_at <= now() AND y.available_at < 'infinity'
-                  AND NOT y.ready
-                LIMIT 1000
-                  FOR UPDATE SKIP LOCKED));
-
+    ids := '{}';
+    prev_ids := '{}';
+    prev_wks := '{}';
+    dues := '{}';
     -- The streams with a run ready for this worker, best head first ('' is
-    -- the stream of runs in no queue). No queue has runs of these workflows:
-    -- only that stream.
+    -- the stream of runs in no queue).
     SELECT array_agg(DISTINCT w.queue_name) INTO names FROM werkfluss.workflow_queues w
      WHERE w.workflow = ANY(workflows);
+    SELECT array_agg(h.name ORDER BY h.head, h.name) INTO names FROM (
+        SELECT '' AS name,
+               (SELECT y.sort_at FROM werkfluss.queue y
+                 WHERE y.queue_name IS NULL AND y.ready AND NOT y.parked AND y.available_at <= now()
+                   AND y.workflow = ANY(workflows)
+                 ORDER BY y.sort_at LIMIT 1) AS head
+        UNION ALL
+        SELECT q.name,
+               (SELECT y.sort_at FROM werkfluss.queue y
+                 WHERE y.queue_name = q.name AND y.ready AND NOT y.parked
+                   AND y.available_at <= now() AND y.workflow = ANY(workflows)
+                 ORDER BY y.sort_at LIMIT 1)
+          FROM unnest(coalesce(names, '{}')) AS q(name)
+    ) h
+     WHERE h.head IS NOT NULL;
     IF names IS NULL THEN
-        names := ARRAY[''];
-    ELSE
-        SELECT array_agg(h.name ORDER BY h.head, h.name) INTO names FROM (
-            SELECT '' AS name,
-                   (SELECT y.sort_at FROM werkfluss.queue y
-                     WHERE y.queue_name IS NULL AND y.ready AND NOT y.parked AND y.available_at <= now()
-                       AND y.workflow = ANY(workflows)
-                     ORDER BY y.sort_at LIMIT 1) AS head
-            UNION ALL
-            SELECT q.name,
-                   (SELECT y.sort_at FROM werkfluss.queue y
-                     WHERE y.queue_name = q.name AND y.ready AND NOT y.parked
-                       AND y.available_at <= now() AND y.workflow = ANY(workflows)
-                     ORDER BY y.sort_at LIMIT 1)
-              FROM unnest(names) AS q(name)
-        ) h
-         WHERE h.head IS NOT NULL;
-        IF names IS NULL THEN
-            RETURN;
-        END IF;
+        RETURN;
     END IF;
 
     -- Queues whose limits need an agreed count: locked by name, all first.
@@ -267,7 +242,7 @@ BEGIN
             END IF;
             -- A start of a key needs a token of the key's start rate limit
             -- (one reserved for it counts); without one the key's starts are
-            -- put aside until their tokens come (0014).
+            -- put aside until their tokens come.
             CONTINUE WHEN k.key_rate_limit IS NOT NULL AND c.claims = 0 AND c.concurrency_key IS NOT NULL
                       AND NOT werkfluss._take_key_start_token(k.name, c.concurrency_key, c.run_id,
                                                               k.key_rate_limit, k.key_rate_period);
@@ -292,34 +267,9 @@ BEGIN
             UPDATE werkfluss.rate_limits b SET tokens = b.tokens - fresh WHERE b.name = 'queue:' || k.name;
         END IF;
     END LOOP;
-    IF taken = 0 THEN
-        RETURN;
-    END IF;
-
-    UPDATE werkfluss.runs r
-       SET status = 'running', started_at = coalesce(r.started_at, now()),
-           updated_at = now(), wake_at = NULL, waiting_on = NULL
-     WHERE r.id = ANY(ids);
-    -- A worker that kept the run in its cache compares claims to know whether
-    -- anyone else ran it since. The wake-up count comes from the same
-    -- snapshot as the inputs: an event newer than what is read here shows as
-    -- a higher count later (see suspend_runs).
-    -- The run's whole row: columns later migrations add come with it.
-    RETURN QUERY
-    SELECT r, q.lease_id, q.claims, p.previous_lease_id, p.previous_worker_id,
-           greatest(extract(epoch FROM now() - p.due_at), 0)::double precision,
-           inputs.wakeups, inputs.inbox, inputs.children, clock_timestamp(),
-           EXISTS (SELECT 1 FROM werkfluss.events e WHERE e.run_id = r.id)
-      FROM unnest(ids, prev_ids, prev_wks, dues) AS p(run_id, previous_lease_id, previous_worker_id, due_at)
-      JOIN werkfluss.runs r ON r.id = p.run_id
-      JOIN werkfluss.queue q ON q.run_id = p.run_id
-     CROSS JOIN LATERAL werkfluss._run_inputs(p.run_id) AS inputs;
 END
 $$;
 
--- (0011: the claim reads its indexes in order and by key.)
-ALTER FUNCTION werkfluss._claim(text[], integer, text) SET enable_bitmapscan = off;
-ALTER FUNCTION werkfluss._claim(text[], integer, text) SET enable_seqscan = off;
 
 -- --- declaring queues ----------------------------------------------------------------
 
