@@ -14,9 +14,11 @@
 --
 -- What may unblock a run (its wake-up count, hook payloads not yet received,
 -- children ended and not delivered) is read in the statement that returns the
--- rows, after the leases, in one snapshot as before; for a run with no log it
+-- rows, after the leases, in one snapshot as before; for a run that never ran
+-- before this claim (started_at is this transaction's) and has no log it
 -- cannot hold anything (hooks and children are made by the run) and is not
--- looked up.
+-- looked up. (A log alone would not tell: a parent waiting for its first
+-- child has none yet, and a retried run may have lost its log.)
 --
 -- werkfluss._claim keeps its signature and rows for anyone who calls it (the
 -- workers of 0.2 before this migration, tests, operators' scripts).
@@ -342,14 +344,14 @@ BEGIN
     SELECT r, q.lease_id, q.claims, p.previous_lease_id, p.previous_worker_id,
            greatest(extract(epoch FROM now() - p.due_at), 0)::double precision,
            q.wakeups,
-           CASE WHEN NOT logged.any THEN '[]'::jsonb ELSE
+           CASE WHEN logged.fresh THEN '[]'::jsonb ELSE
                (SELECT coalesce(jsonb_agg(jsonb_build_object(
                            'id', hp.id, 'token', hp.token, 'payload', hp.payload,
                            'received_at', hp.received_at) ORDER BY hp.id), '[]'::jsonb)
                   FROM werkfluss.hooks h
                   JOIN werkfluss.hook_payloads hp ON hp.token = h.token AND hp.consumed_seq IS NULL
                  WHERE h.run_id = r.id) END,
-           CASE WHEN NOT logged.any THEN '[]'::jsonb ELSE
+           CASE WHEN logged.fresh THEN '[]'::jsonb ELSE
                (SELECT coalesce(jsonb_agg(jsonb_build_object(
                            'run_id', c.id, 'status', c.status, 'result', c.result, 'error', c.error,
                            'finished_at', c.finished_at) ORDER BY c.finished_at, c.id), '[]'::jsonb)
@@ -360,7 +362,8 @@ BEGIN
       JOIN werkfluss.runs r ON r.id = p.run_id
       JOIN werkfluss.queue q ON q.run_id = p.run_id
      CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM werkfluss.events e WHERE e.run_id = p.run_id)
-                         AS any) logged;
+                         AS any) had
+     CROSS JOIN LATERAL (SELECT NOT had.any AND r.started_at >= now() AS fresh, had.any) logged;
 END
 $$;
 -- Read indexes in order and by key (see 0011), with plans made once per
