@@ -223,7 +223,7 @@ SELECT current_user AS role,
 -- when fewer than %(limit)s were leased, the seconds until the next run is due
 -- (next_due); leasing none, one row with run_id NULL that carries them.
 SELECT (c.run).id AS run_id, (c.run).workflow, (c.run).args, (c.run).kwargs, (c.run).deadline,
-       (c.run).parent_id, (c.run).started_at, (c.run).traceparent,
+       (c.run).parent_id, (c.run).started_at, (c.run).traceparent, (c.run).concurrency_key,
        c.lease_id, c.claims, c.previous_lease_id, c.previous_worker_id, c.waited_s,
        c.wakeups, c.inbox, c.children, c.db_now, c.has_log, c.next_due
   FROM werkfluss._claim_runs(%(workflows)s::text[], %(limit)s, %(worker_id)s) AS c;
@@ -285,10 +285,16 @@ WITH batch AS (
     RETURNING c.id
 )
 SELECT run_id, seq FROM inserted
-UNION
+UNION ALL
+-- Entries not inserted now that a retried batch wrote before: looked up one
+-- by one, and only those (a join here may be planned as a pass over the whole
+-- log while its statistics are not yet gathered, in every batch).
 SELECT f.run_id, f.seq
   FROM fenced f
-  JOIN werkfluss.events e ON e.run_id = f.run_id AND e.seq = f.seq;
+  LEFT JOIN inserted i ON i.run_id = f.run_id AND i.seq = f.seq
+ CROSS JOIN LATERAL (SELECT 1 FROM werkfluss.events e
+                      WHERE i.run_id IS NULL AND e.run_id = f.run_id AND e.seq = f.seq
+                      LIMIT 1) already;
 
 -- name: lock_flow_keys
 -- A batch that releases runs takes the locks of their concurrency keys

@@ -263,8 +263,11 @@ BEGIN
       FROM unnest(ids, prev_ids, prev_wks, dues) AS p(run_id, previous_lease_id, previous_worker_id, due_at)
       JOIN werkfluss.runs r ON r.id = p.run_id
       JOIN werkfluss.queue q ON q.run_id = p.run_id
-     CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM werkfluss.events e WHERE e.run_id = p.run_id)
-                         AS any) had
+     -- One probe of the log's index per run (an EXISTS here may be planned
+     -- as one pass over the whole log, hashed: a claim then cost as much as
+     -- the log is long).
+     CROSS JOIN LATERAL (SELECT count(*) > 0 AS any
+                           FROM (SELECT 1 FROM werkfluss.events e WHERE e.run_id = p.run_id LIMIT 1) x) had
      CROSS JOIN LATERAL (SELECT NOT had.any AND r.started_at >= now() AS fresh, had.any) logged;
 END
 $$;

@@ -17,7 +17,9 @@ everything else; werkfluss then records:
 
 Steps replayed from the log are not executed and have no span. Without the
 ``opentelemetry-api`` package nothing is imported and nothing changes; with
-the API but no SDK configured the spans are OpenTelemetry's no-op spans.
+the API but no tracer provider configured (``set_tracer_provider`` here or
+in OpenTelemetry) workers make no spans at all, and begin with the first run
+they claim after one is set.
 
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -100,11 +102,20 @@ def current_traceparent() -> str | None:
     return value if value is not None and _TRACEPARENT.match(value) else None
 
 
+def _configured(api: _Api) -> bool:
+    """Whether spans go anywhere: a provider was set here or globally (until
+    then OpenTelemetry hands out no-op spans, which cost a run's steps time
+    for nothing)."""
+    return _provider is not None or not isinstance(api.trace.get_tracer_provider(),
+                                                   api.trace.ProxyTracerProvider)
+
+
 def start_run_span(run_id: str, workflow: str, traceparent: str | None, *, claims: int,
                    resumed: bool, replaying: int) -> Any:
-    """A started span for one execution of a run (``None`` without the API)."""
+    """A started span for one execution of a run (``None`` without the API,
+    or while no tracer provider is configured: then steps have none either)."""
     api = _api()
-    if api is None:
+    if api is None or not _configured(api):
         return None
     # An explicit context: a run without a stored traceparent starts its own
     # trace, whatever span happens to be current where the worker runs.

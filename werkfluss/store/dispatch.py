@@ -89,7 +89,7 @@ async def claim_runs(
                 workflow=row["workflow"],
                 args=row["args"],  # decoded by the run: a bad value fails that run only
                 kwargs=row["kwargs"],
-                lease=Lease(row["run_id"], str(row["lease_id"])),
+                lease=Lease(row["run_id"], str(row["lease_id"]), keyed=row["concurrency_key"] is not None),
                 claims=row["claims"],
                 previous_worker_id=row["previous_worker_id"],
                 taken_over=row["previous_worker_id"] is not None,

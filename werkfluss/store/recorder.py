@@ -191,7 +191,7 @@ class Recorder:
             tokens = [w.token for w in by_kind[CreateHook]]  # type: ignore[attr-defined]
             statements.append(("lock_hook_tokens", {"tokens": tokens}))
             plan.append((None, []))
-        releasing = [w.lease.run_id for kind in RELEASING for w in by_kind.get(kind, ())]
+        releasing = [w.lease.run_id for kind in RELEASING for w in by_kind.get(kind, ()) if w.lease.keyed]
         if releasing:
             statements.append(("lock_flow_keys", {"run_ids": releasing}))
             plan.append((None, []))

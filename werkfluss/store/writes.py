@@ -32,6 +32,9 @@ class Lease:
 
     run_id: str
     lease_id: str
+    # The run has a concurrency key: taking it off its worker may unpark the
+    # key's next run, under the key's lock (unknown: assume it has).
+    keyed: bool = True
 
 
 @dataclass(eq=False)

@@ -323,7 +323,7 @@ class RunDriver:
         # for its leases and the run is still its own.
         barrier = self._last_write
         if barrier is not None and not barrier.done():
-            await asyncio.wait([barrier])
+            await _settled(barrier)
 
         rate_limit = command.rate_limit
         waited = False
@@ -452,3 +452,17 @@ def _delivered_child(record: Any) -> str | None:
     except ValueError:
         return None
     return value.get("run_id") if isinstance(value, dict) and "status" in value else None
+
+
+def _settled(future: asyncio.Future[Any]) -> asyncio.Future[None]:
+    """A future done when ``future`` is, whatever its outcome (what
+    ``asyncio.wait([future])`` does, with one callback instead of a set,
+    a counter and a waiter)."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def settle(_: asyncio.Future[Any]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    future.add_done_callback(settle)
+    return waiter
