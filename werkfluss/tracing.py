@@ -32,6 +32,7 @@ they claim after one is set.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -91,9 +92,16 @@ def _tracer(api: _Api) -> Any:
     return api.trace.get_tracer("werkfluss", _version(), tracer_provider=_provider)
 
 
+def _in_use() -> bool:
+    """Whether anything could have made a span: a provider set here, or the
+    OpenTelemetry API imported by the application. (Until then werkfluss
+    does not import it: a process that never uses it does not pay for it.)"""
+    return _provider is not None or "opentelemetry.trace" in sys.modules
+
+
 def current_traceparent() -> str | None:
     """The W3C ``traceparent`` of the caller's current span, or ``None`` (no API, no valid span)."""
-    api = _api()
+    api = _api() if _in_use() else None
     if api is None:
         return None
     carrier: dict[str, str] = {}
@@ -114,7 +122,7 @@ def start_run_span(run_id: str, workflow: str, traceparent: str | None, *, claim
                    resumed: bool, replaying: int) -> Any:
     """A started span for one execution of a run (``None`` without the API,
     or while no tracer provider is configured: then steps have none either)."""
-    api = _api()
+    api = _api() if _in_use() else None
     if api is None or not _configured(api):
         return None
     # An explicit context: a run without a stored traceparent starts its own

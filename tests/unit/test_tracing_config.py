@@ -40,3 +40,19 @@ def test_a_provider_set_later_is_used_from_the_next_run_on() -> None:
         step.done(1, True)
     tracing.end_run_span(span, "completed")
     assert sorted(s.name for s in exporter.get_finished_spans()) == ["run app.wf", "step app.step"]
+
+
+def test_a_process_that_never_imports_opentelemetry_does_not_load_it() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from werkfluss import tracing\n"
+        "assert tracing.current_traceparent() is None\n"
+        "assert tracing.start_run_span('r', 'wf', None, claims=1, resumed=False, replaying=0) is None\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('opentelemetry'))\n"
+        "assert loaded == [], loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

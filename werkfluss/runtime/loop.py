@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextvars
 import itertools
+import weakref
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -92,13 +93,23 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     """An event loop for one run's workflow code (see the module docs)."""
 
     def __init__(self, instance: WorkflowInstance) -> None:
-        self.instance = instance
+        # The instance owns its loop; the loop refers back weakly, so that a
+        # run that leaves the worker is freed at once (reference counting)
+        # instead of waiting for the cyclic garbage collector.
+        self._instance = weakref.ref(instance)
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
         self._errors: list[BaseException] = []
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._created = 0  # tasks and futures made on this loop, for their hash
         self.salt = next(_loop_salts) & 0xFFFFFFF  # told apart from other runs' loops (28 bits)
+
+    @property
+    def instance(self) -> WorkflowInstance:
+        instance = self._instance()
+        if instance is None:  # pragma: no cover - the instance owns the loop while it runs
+            raise RuntimeError("the run of this workflow loop is gone")
+        return instance
 
     # --- driving ----------------------------------------------------------------
 
@@ -157,8 +168,11 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         return self.instance.start_timer(when, callback, args, context)
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
-        if isinstance(handle, DurableTimerHandle):
-            self.instance.cancel_timer(handle)
+        instance = self._instance()
+        # (A run already gone: its coroutines are being closed by the garbage
+        # collector, and its timers with them.)
+        if instance is not None and isinstance(handle, DurableTimerHandle):
+            instance.cancel_timer(handle)
 
     def time(self) -> float:
         return self.instance.workflow_time.timestamp()
@@ -204,6 +218,13 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
                     coro.close()
                 except BaseException as err:  # a workflow that will not close is dropped anyway
                     self._errors.append(err)
+                # The future it waited for still calls it back: cancelled (its
+                # callbacks dropped with the loop's ready queue), the task and
+                # the future are freed with the run instead of by the cyclic
+                # garbage collector.
+                waiter = getattr(task, "_fut_waiter", None)
+                if waiter is not None and not waiter.done():
+                    waiter.cancel()
         finally:
             asyncio._set_running_loop(previous)
             self._tasks.clear()

@@ -79,6 +79,11 @@ class Lifecycle:
     def listen(self, listener: Listener | None) -> None:
         self._listener = listener
 
+    def unlisten(self, listener: Listener) -> None:
+        """Stop telling ``listener`` (if it is the one listening)."""
+        if self._listener == listener:
+            self._listener = None
+
     def can(self, to: RunState) -> bool:
         return to in _ALLOWED[self.state]
 

@@ -157,6 +157,9 @@ class RunDriver:
         if self.span is not None:
             tracing.end_run_span(self.span, *self._outcome())
         self._done.set()
+        # The run no longer tells this driver anything: no reference cycle
+        # keeps the two alive once the worker lets go of them.
+        self.instance.lifecycle.unlisten(self._transition)
         self.worker.driver_done(self)
 
     def _outcome(self) -> tuple[str, str | None]:
