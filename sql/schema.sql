@@ -591,11 +591,11 @@ CREATE FUNCTION werkfluss._next_due(workflows text[]) RETURNS double precision
     AS $$
 BEGIN
     RETURN least(
-        (SELECT extract(epoch FROM min(q.available_at) - now())
+        (SELECT extract(epoch FROM min(q.available_at) - clock_timestamp())
            FROM werkfluss.queue q
           WHERE NOT q.ready AND q.lease_id IS NULL AND q.available_at < 'infinity'
             AND q.workflow = ANY(workflows)),
-        (SELECT extract(epoch FROM min(q.available_at) - now())
+        (SELECT extract(epoch FROM min(q.available_at) - clock_timestamp())
            FROM werkfluss.queue q
           WHERE q.lease_id IS NOT NULL AND q.available_at < 'infinity'
             AND q.workflow = ANY(workflows)),

@@ -194,18 +194,20 @@ $$;
 
 -- A sleep ending, a delayed start, a lease running out, the next token of a
 -- queue's start rate limit; NULL if none is scheduled, 0 or less if one is
--- due and not in line yet. (plpgsql, not sql: a session plans its query
+-- due and not in line yet. Counted from the moment it is computed
+-- (clock_timestamp(), not the claim's transaction start): the worker waits
+-- that long from when it receives the answer. (plpgsql, not sql: a session plans its query
 -- once, where an sql function called from the claim was planned anew on
 -- every claim.)
 CREATE FUNCTION werkfluss._next_due(workflows text[]) RETURNS double precision
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN least(
-        (SELECT extract(epoch FROM min(q.available_at) - now())
+        (SELECT extract(epoch FROM min(q.available_at) - clock_timestamp())
            FROM werkfluss.queue q
           WHERE NOT q.ready AND q.lease_id IS NULL AND q.available_at < 'infinity'
             AND q.workflow = ANY(workflows)),
-        (SELECT extract(epoch FROM min(q.available_at) - now())
+        (SELECT extract(epoch FROM min(q.available_at) - clock_timestamp())
            FROM werkfluss.queue q
           WHERE q.lease_id IS NOT NULL AND q.available_at < 'infinity'
             AND q.workflow = ANY(workflows)),
