@@ -99,6 +99,10 @@ async def test_limits_hold_across_worker_processes_and_a_sigkill(
                 dsn, "SELECT run_id FROM werkfluss.queue WHERE lease_id IS NOT NULL"
                      " AND split_part(worker_id, ':', 2) = %s", [str(victim.pid)])]
             assert await low.result(timeout=60) == "low"
+            # The feeder stops by itself once the low-priority run completed;
+            # cancelled in the middle of a start, it could leave a run started
+            # and untracked (its queue row then outlives the test's runs).
+            await asyncio.wait_for(feeder, 30)
         finally:
             feeder.cancel()
         results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
