@@ -111,7 +111,12 @@ def _where(path: list[str]) -> str:
     return "".join(steps) or "(top level)"
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a repr that raises is shown by type).
+
+        >>> short_repr("x" * 100, 10)
+        "'xxxxxxxx…"
+    """
     try:
         text = repr(value)
     except Exception:  # a repr that fails must not hide the real error
@@ -326,7 +331,7 @@ def _encode(value: Any, depth: int, strict: bool) -> Any:
                 try:
                     out[k] = _encode(v, depth + 1, strict)
                 except _PathError as err:
-                    err.path.append(f"[{_short(k)}]")
+                    err.path.append(f"[{short_repr(k)}]")
                     raise
             return out
         return _tagged_dict(value, depth, strict)
@@ -357,7 +362,7 @@ def _key_check(key: str) -> None:
     try:
         _check_text(key, "a dict key")
     except _PathError as err:
-        err.path.append(f"<key {_short(key)}>")
+        err.path.append(f"<key {short_repr(key)}>")
         raise
 
 
@@ -375,12 +380,12 @@ def _tagged_dict(value: dict[Any, Any], depth: int, strict: bool) -> Any:
         try:
             key = _encode(k, depth + 3, strict)
         except _PathError as err:
-            err.path.append(f"<key {_short(k)}>")
+            err.path.append(f"<key {short_repr(k)}>")
             raise
         try:
             pairs.append([key, _encode(v, depth + 3, strict)])
         except _PathError as err:
-            err.path.append(f"[{_short(k)}]")
+            err.path.append(f"[{short_repr(k)}]")
             raise
     return {TAG: "dict", "v": pairs}
 
@@ -534,7 +539,7 @@ def _lookup(path: str, *, import_allowed: bool = True) -> type:
         return cls
     module_name, sep, qualname = path.partition(":")
     if not sep or not module_name or not qualname:
-        raise _PathError(f"{_short(path)} is not a stored class (module:qualname)", _LOAD_ADVICE)
+        raise _PathError(f"{short_repr(path)} is not a stored class (module:qualname)", _LOAD_ADVICE)
     shown = _clip(path)  # stored data goes into messages: keep them short
     module = sys.modules.get(module_name)
     if module is None:
@@ -732,7 +737,7 @@ def _decode(value: Any, depth: int) -> Any:
             try:
                 v = _decode(v, depth)
             except _PathError as err:
-                err.path.append(f"[{_short(k)}]")
+                err.path.append(f"[{short_repr(k)}]")
                 raise
         result[k] = v
     return result
@@ -751,7 +756,7 @@ def _decode_tagged(value: dict[str, Any], depth: int) -> Any:
     decoder = _DECODERS.get(tag) if type(tag) is str else None
     if decoder is None:
         raise _PathError(
-            f"unknown stored type tag {_short(tag)}",
+            f"unknown stored type tag {short_repr(tag)}",
             "is this worker older than the one that stored it? A user dict with the key "
             f"{TAG!r} is stored tagged as a 'dict'",
         )
@@ -762,7 +767,7 @@ def _decode_tagged(value: dict[str, Any], depth: int) -> Any:
     except _PathError:
         raise
     except Exception as err:  # wrong shape or text, or a constructor that refused it
-        stored = _short(value["v"])
+        stored = short_repr(value["v"])
         raise _PathError(f"the stored {tag} {stored} cannot be loaded ({_describe(err)})") from None
 
 
@@ -770,7 +775,7 @@ def _payload(value: dict[str, Any], kind: type, tag: str) -> Any:
     payload = value["v"]
     if type(payload) is not kind:
         raise _PathError(
-            f"the stored {tag} {_short(payload)} is not a JSON {'string' if kind is str else kind.__name__}"
+            f"the stored {tag} {short_repr(payload)} is not a JSON {'string' if kind is str else kind.__name__}"
         )
     return payload
 
@@ -797,7 +802,7 @@ def _hashable(value: Any, tag: str) -> Any:
     try:
         hash(value)
     except TypeError:
-        raise _PathError(f"a {tag} {_short(value)} is not hashable") from None
+        raise _PathError(f"a {tag} {short_repr(value)} is not hashable") from None
     return value
 
 
@@ -817,12 +822,12 @@ def _decode_dict(value: dict[str, Any], depth: int) -> Any:
     out = {}
     for i, pair in enumerate(pairs):
         if type(pair) is not list or len(pair) != 2:
-            raise _PathError(f"the stored dict item #{i} {_short(pair)} is not a [key, value] pair")
+            raise _PathError(f"the stored dict item #{i} {short_repr(pair)} is not a [key, value] pair")
         key = _hashable(_sub(pair[0], f"<key #{i}>", depth + 2), "dict key")
         try:
             out[key] = _decode(pair[1], depth + 2)
         except _PathError as err:
-            err.path.append(f"[{_short(key)}]")
+            err.path.append(f"[{short_repr(key)}]")
             raise
     return out
 
@@ -843,7 +848,7 @@ def _decode_timedelta(value: dict[str, Any], depth: int) -> Any:
     _enter(depth, 1)  # its list is a level, as when it was written
     payload = value["v"]
     if type(payload) is not list or len(payload) != 3 or any(type(p) is not int for p in payload):
-        raise _PathError(f"the stored timedelta {_short(payload)} is not [days, seconds, microseconds]")
+        raise _PathError(f"the stored timedelta {short_repr(payload)} is not [days, seconds, microseconds]")
     days, seconds, micros = payload
     return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
 

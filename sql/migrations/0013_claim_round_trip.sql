@@ -345,21 +345,8 @@ BEGIN
     RETURN QUERY
     SELECT r, q.lease_id, q.claims, p.previous_lease_id, p.previous_worker_id,
            greatest(extract(epoch FROM now() - p.due_at), 0)::double precision,
-           q.wakeups,
-           CASE WHEN logged.fresh THEN '[]'::jsonb ELSE
-               (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                           'id', hp.id, 'token', hp.token, 'payload', hp.payload,
-                           'received_at', hp.received_at) ORDER BY hp.id), '[]'::jsonb)
-                  FROM werkfluss.hooks h
-                  JOIN werkfluss.hook_payloads hp ON hp.token = h.token AND hp.consumed_seq IS NULL
-                 WHERE h.run_id = r.id) END,
-           CASE WHEN logged.fresh THEN '[]'::jsonb ELSE
-               (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                           'run_id', c.id, 'status', c.status, 'result', c.result, 'error', c.error,
-                           'finished_at', c.finished_at) ORDER BY c.finished_at, c.id), '[]'::jsonb)
-                  FROM werkfluss.runs c
-                 WHERE c.parent_id = r.id AND c.finished_at IS NOT NULL AND NOT c.delivered) END,
-           clock_timestamp(), logged.any, due
+           coalesce(inputs.wakeups, q.wakeups), coalesce(inputs.inbox, '[]'::jsonb),
+           coalesce(inputs.children, '[]'::jsonb), clock_timestamp(), had.any, due
       FROM unnest(ids, prev_ids, prev_wks, dues) AS p(run_id, previous_lease_id, previous_worker_id, due_at)
       JOIN werkfluss.runs r ON r.id = p.run_id
       JOIN werkfluss.queue q ON q.run_id = p.run_id
@@ -368,7 +355,11 @@ BEGIN
      -- the log is long).
      CROSS JOIN LATERAL (SELECT count(*) > 0 AS any
                            FROM (SELECT 1 FROM werkfluss.events e WHERE e.run_id = p.run_id LIMIT 1) x) had
-     CROSS JOIN LATERAL (SELECT NOT had.any AND r.started_at >= now() AS fresh, had.any) logged;
+     -- _run_inputs is STABLE: it reads in this statement's snapshot, as q does.
+     -- Not called for a run that never ran before this claim (OFFSET 0 keeps
+     -- the condition a filter before the call, not a join condition after it).
+      LEFT JOIN LATERAL (SELECT i.wakeups, i.inbox, i.children FROM werkfluss._run_inputs(p.run_id) i
+                          WHERE had.any OR r.started_at < now() OFFSET 0) inputs ON true;
 END
 $$;
 -- Read indexes in order and by key (see 0011), with plans made once per

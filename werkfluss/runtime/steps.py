@@ -250,12 +250,9 @@ def _rate_limit_of(step_: Step[..., Any], args: tuple[Any, ...], kwargs: dict[st
     try:
         return limit.keyed(key)
     except RateLimitKeyError:
-        shown = repr(key)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
         raise RateLimitKeyError(
-            f"the rate_limit_key of step {step_.name} returned {shown}; it must return a non-blank "
-            "string or an int of at most 255 characters"
+            f"the rate_limit_key of step {step_.name} returned {serializer.short_repr(key, 80)}; "
+            "it must return a non-blank string or an int of at most 255 characters"
         ) from None
 
 
