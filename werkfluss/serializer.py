@@ -775,7 +775,8 @@ def _payload(value: dict[str, Any], kind: type, tag: str) -> Any:
     payload = value["v"]
     if type(payload) is not kind:
         raise _PathError(
-            f"the stored {tag} {short_repr(payload)} is not a JSON {'string' if kind is str else kind.__name__}"
+            f"the stored {tag} {short_repr(payload)} is not a JSON "
+            f"{'string' if kind is str else kind.__name__}"
         )
     return payload
 
